@@ -1,0 +1,44 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+# Both create .venv and install the project into it; `make test` also installs Prometheus from
+# Debian's packages when it is missing and we are root (the integration tests need a real one).
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint bench tools clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/latency-adapter serve --insecure-no-auth --demo
+
+# Debian's prometheus (and promtool), and kubectl when missing: tests use them as real clients.
+tools:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+	      || echo "warning: could not install prometheus"; \
+	  else echo "note: prometheus is missing and we are not root; tests that need it skip (and fail under CI=true)"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check adapter tests
+	$(BIN)/mypy --strict adapter
+
+test: $(STAMP) tools lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

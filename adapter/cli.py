@@ -1,0 +1,153 @@
+"""``latency-adapter``: the command line. Other tools and tests drive it, so names here are a contract.
+
+Exit statuses: 0 success, 2 usage or configuration error (the message names the key and the value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import LOG_LEVELS, load_settings
+from .errors import ConfigError
+
+log = logging.getLogger("adapter.cli")
+
+EXIT_USAGE = 2
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latency-adapter",
+        description="Kubernetes external metrics adapter: windowed p95 latency from OpenTelemetry, "
+                    "with trace ids, for HorizontalPodAutoscalers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the adapter (API on HTTPS, OTLP receiver, operations port)",
+                           description="Run the adapter. Port 0 picks a free port; the bound ports are "
+                                       "logged in one 'listening' line.")
+    serve.add_argument("--config", type=Path, help="YAML config file (see README: Configuration)")
+    serve.add_argument("--bind", default=None, help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--api-port", type=_port, default=None,
+                       help="external metrics API, HTTPS (default 6443)")
+    serve.add_argument("--otlp-port", type=_port, default=None, help="OTLP/HTTP receiver (default 4318)")
+    serve.add_argument("--telemetry-port", type=_port, default=None,
+                       help="operations: /metrics, /healthz, /readyz, /debug/workloads (default 9464)")
+    serve.add_argument("--cert-dir", type=Path, default=None,
+                       help="where the self-signed serving certificate is written (default: "
+                            "<tmp>/latency-adapter/certs)")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="serve the API without authentication or authorisation (local development "
+                            "only; required until authentication is configured)")
+    serve.add_argument("--demo", action="store_true",
+                       help="also run the demo traffic generator against this adapter's OTLP port")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, default=None)
+
+    demo = sub.add_parser("demo", help="send demo OTLP traffic to an adapter (or any OTLP receiver)",
+                          description="Generate demo traffic with the OpenTelemetry SDK: two workloads in "
+                                      "namespace 'demo'; checkout slows down periodically.")
+    demo.add_argument("--otlp-endpoint", default="http://127.0.0.1:4318",
+                      help="OTLP/HTTP base URL (default http://127.0.0.1:4318)")
+    demo.add_argument("--rate", type=float, default=50.0, help="requests per second per workload")
+    demo.add_argument("--seed", type=int, default=1)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit (0 valid, 2 invalid)")
+    check.add_argument("file", type=Path)
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .service import serve
+    from .telemetry import setup_logging
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"latency-adapter: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    overrides = {
+        "bind": args.bind, "api_port": args.api_port, "otlp_port": args.otlp_port,
+        "telemetry_port": args.telemetry_port, "cert_dir": args.cert_dir, "log_level": args.log_level,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
+                                   insecure_no_auth=args.insecure_no_auth, demo=args.demo)
+    setup_logging(settings.log_level)
+    if not settings.insecure_no_auth:
+        log.error("refusing to start: authentication is not configured",
+                  extra={"fields": {"event": "refused_start"}})
+        print("latency-adapter: refusing to serve the external metrics API without authentication. "
+              "Authentication and authorisation are not configured in this version; for local "
+              "development pass --insecure-no-auth.", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        log.error("cannot start", extra={"fields": {"event": "start_failed", "error": str(exc)}})
+        print(f"latency-adapter: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+    from .telemetry import setup_logging
+
+    setup_logging("info")
+    stop = threading.Event()
+    try:
+        settings = DemoSettings(otlp_endpoint=args.otlp_endpoint.rstrip("/"), rate=args.rate, seed=args.seed)
+    except ValueError as exc:
+        print(f"latency-adapter demo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_demo(settings, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: ok")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    print(__version__)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Typed settings and the config file.
+
+The config file is YAML. Every section maps onto a frozen settings dataclass of the module that owns
+it, and every key is checked for name, type and range at start: a bad file fails at once with the key
+path and the bad value quoted (exit status 2), never later in the middle of the night. Unknown keys are
+errors too, because a typo (``window_second``) silently ignored is a default silently served.
+
+```yaml
+store:  {window_seconds: 60, slice_seconds: 5, max_series: 10000, max_series_per_namespace: 2000}
+otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_namespace: default,
+         split_routes: true, max_label_length: 128}
+log_level: info
+```
+Command-line flags (ports, bind address, certificate directory) override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .sources.otlp import ReceiverSettings
+from .sources.otlp_ingest import IngestSettings
+from .store import StoreSettings
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_cert_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "latency-adapter" / "certs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind: str = "0.0.0.0"
+    api_port: int = 6443
+    otlp_port: int = 4318
+    telemetry_port: int = 9464
+    cert_dir: Path = field(default_factory=default_cert_dir)
+    insecure_no_auth: bool = False
+    log_level: str = "info"
+    demo: bool = False
+    store: StoreSettings = field(default_factory=StoreSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+
+
+#: Extra range checks: key -> (predicate, what it must be).
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "store.window_seconds": (lambda v: 1 <= v <= 3600, "between 1 and 3600"),
+    "store.slice_seconds": (lambda v: 1 <= v <= 600, "between 1 and 600"),
+    "store.max_series": (lambda v: v >= 1, "at least 1"),
+    "store.max_series_per_namespace": (lambda v: v >= 1, "at least 1"),
+    "store.relative_accuracy": (lambda v: 0.0001 <= v <= 0.05, "between 0.0001 and 0.05"),
+    "otlp.max_body_bytes": (lambda v: 1024 <= v <= 1 << 30, "between 1024 and 1073741824"),
+    "otlp.max_decompressed_bytes": (lambda v: 1024 <= v <= 1 << 31, "between 1024 and 2147483648"),
+    "otlp.max_label_length": (lambda v: 1 <= v <= 1024, "between 1 and 1024"),
+    "otlp.max_streams": (lambda v: v >= 1, "at least 1"),
+    "otlp.default_namespace": (lambda v: 0 < len(v) <= 63, "a namespace name (1 to 63 characters)"),
+}
+
+#: File section -> (settings attribute, dataclass). ``otlp`` feeds two dataclasses.
+_SECTIONS: dict[str, tuple[tuple[str, type[Any]], ...]] = {
+    "store": (("store", StoreSettings),),
+    "otlp": (("ingest", IngestSettings), ("receiver", ReceiverSettings)),
+}
+
+
+def _check_type(path: str, value: Any, expected: Any) -> Any:
+    kind = expected if isinstance(expected, type) else type(expected)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "must be true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "must be a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, value, "must be a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "must be a string")
+        return value
+    raise ConfigError(path, value, f"has an unsupported type {kind.__name__}")
+
+
+def _field_defaults(cls: type[Any]) -> dict[str, Any]:
+    instance = cls()
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls)}
+
+
+def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
+    """Validate a parsed config document and return settings; raises :class:`ConfigError`."""
+    base = base or Settings()
+    if doc is None:
+        return base
+    if not isinstance(doc, dict):
+        raise ConfigError("<root>", doc, "the config file must be a mapping of sections")
+    updates: dict[str, Any] = {}
+    for section, body in doc.items():
+        if section == "log_level":
+            level = _check_type("log_level", body, str).lower()
+            if level not in LOG_LEVELS:
+                raise ConfigError("log_level", body, "must be one of " + ", ".join(LOG_LEVELS))
+            updates["log_level"] = level
+            continue
+        targets = _SECTIONS.get(str(section))
+        if targets is None:
+            raise ConfigError(str(section), body, "is not a known section; known: "
+                              + ", ".join(sorted([*_SECTIONS, "log_level"])))
+        if not isinstance(body, dict):
+            raise ConfigError(str(section), body, "must be a mapping")
+        known: dict[str, tuple[str, type[Any]]] = {}
+        for attr, cls in targets:
+            for name in _field_defaults(cls):
+                known[name] = (attr, cls)
+        per_target: dict[str, dict[str, Any]] = {attr: {} for attr, _ in targets}
+        for key, value in body.items():
+            path = f"{section}.{key}"
+            if key not in known:
+                raise ConfigError(path, value, "is not a known key; known: " + ", ".join(sorted(known)))
+            attr, cls = known[key]
+            value = _check_type(path, value, type(_field_defaults(cls)[key]))
+            check = _CHECKS.get(path)
+            if check is not None and not check[0](value):
+                raise ConfigError(path, value, f"must be {check[1]}")
+            per_target[attr][key] = value
+        for attr, _cls in targets:
+            try:
+                updates[attr] = dataclasses.replace(getattr(base, attr), **per_target[attr])
+            except ValueError as exc:
+                raise ConfigError(str(section), body, str(exc)) from exc
+    receiver = updates.get("receiver", base.receiver)
+    if receiver.max_decompressed_bytes < receiver.max_body_bytes:
+        raise ConfigError("otlp.max_decompressed_bytes", receiver.max_decompressed_bytes,
+                          "must be at least otlp.max_body_bytes")
+    return dataclasses.replace(base, **updates)
+
+
+def load_settings(path: Path | None, base: Settings | None = None) -> Settings:
+    """Read and validate the config file at ``path`` (``None``: built-in defaults)."""
+    if path is None:
+        return base or Settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror or exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", str(path), f"is not valid YAML: {exc}") from exc
+    return settings_from_mapping(doc, base)

@@ -1,0 +1,108 @@
+"""The adapter's exception tree.
+
+Why a tree of its own: the HTTP layer must turn every failure into a Kubernetes ``Status`` object with
+one well-defined ``reason`` and ``code``, and a request must never see a Python traceback. Handlers raise
+these exceptions; exactly one function (:func:`status_of`) maps an exception to its reason and code, so no
+handler builds a ``Status`` by hand and the mapping cannot drift between routes.
+
+Messages are for humans at 3 a.m.: they name the metric, namespace, selector, key or value involved.
+Values quoted from user input are capped at :data:`MAX_QUOTED` characters so a hostile input cannot blow up
+a log line or a response.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: The longest piece of user input quoted verbatim in an error message.
+MAX_QUOTED = 200
+
+
+def quote(value: object) -> str:
+    """Quote user input for an error message, capped at :data:`MAX_QUOTED` characters."""
+    text = str(value)
+    if len(text) > MAX_QUOTED:
+        text = text[:MAX_QUOTED] + f"...({len(text) - MAX_QUOTED} more characters)"
+    return repr(text)
+
+
+class AdapterError(Exception):
+    """Base of every error the adapter raises on purpose."""
+
+
+class ConfigError(AdapterError):
+    """A setting or config file is invalid. The message names the key path and the bad value."""
+
+    def __init__(self, key: str, value: object, problem: str) -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        super().__init__(f"config key {key!r}: {problem} (got {quote(value)})")
+
+
+class RequestError(AdapterError):
+    """An error answered to an HTTP client; subclasses fix the Kubernetes reason and code."""
+
+    reason = "InternalError"
+    code = 500
+
+
+class BadRequest(RequestError):
+    reason = "BadRequest"
+    code = 400
+
+
+class BadSelector(BadRequest):
+    """A ``labelSelector`` that does not parse."""
+
+
+class MetricNotFound(RequestError):
+    """The metric name is not one this adapter serves."""
+
+    reason = "NotFound"
+    code = 404
+
+
+class NoData(MetricNotFound):
+    """A known metric with no current value for that namespace and selector.
+
+    The HPA treats a 404 as "metric unavailable" and holds; a made-up 0 would make it scale down.
+    """
+
+
+class NotFoundPath(RequestError):
+    reason = "NotFound"
+    code = 404
+
+
+class MethodNotAllowed(RequestError):
+    reason = "MethodNotAllowed"
+    code = 405
+
+
+class PayloadTooLarge(RequestError):
+    reason = "RequestEntityTooLarge"
+    code = 413
+
+
+class UnsupportedMediaType(RequestError):
+    # Status has no dedicated reason for 415; BadRequest is what the apiserver uses for it too.
+    reason = "BadRequest"
+    code = 415
+
+
+class ServiceUnavailable(RequestError):
+    reason = "ServiceUnavailable"
+    code = 503
+
+
+class StatusInfo(NamedTuple):
+    reason: str
+    code: int
+
+
+def status_of(exc: BaseException) -> StatusInfo:
+    """The one place that decides which Kubernetes reason and HTTP code an exception becomes."""
+    if isinstance(exc, RequestError):
+        return StatusInfo(exc.reason, exc.code)
+    return StatusInfo("InternalError", 500)

@@ -1,0 +1,127 @@
+"""Answers "metric M in namespace N for selector S" from the store, and owns the answer cache.
+
+The HPA controller asks every HPA's metrics every 15 s, and the aggregator's availability probe asks for
+the resource list even more often; a request must never start expensive work. Values in the store change
+only when a slice closes (the store's ``epoch``), so every answer is computed at most once per epoch and
+then served from a cache keyed by ``(namespace, metric, canonical selector)``.
+
+Errors are exceptions from :mod:`adapter.errors`: an unknown metric is :class:`MetricNotFound`, a known
+metric with no data for the selector is :class:`NoData` (404, the HPA holds), never a made-up 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import MetricNotFound, NoData, quote
+from .model import Reading
+from .selector import Selector
+from .store import WindowStore, WindowView
+
+#: Latency quantile metrics and the quantile each serves.
+LATENCY_QUANTILES: dict[str, float] = {
+    "latency_p50_seconds": 0.50,
+    "latency_p95_seconds": 0.95,
+    "latency_p99_seconds": 0.99,
+}
+
+#: One-line meaning of every served metric (used by the README generator check and ``/debug``).
+METRIC_HELP: dict[str, str] = {
+    "latency_p50_seconds": "median request latency over the window, seconds",
+    "latency_p95_seconds": "95th percentile request latency over the window, seconds",
+    "latency_p99_seconds": "99th percentile request latency over the window, seconds",
+    "request_rate": "requests per second over the window",
+    "error_ratio": "failed requests / all requests over the window (0..1)",
+}
+
+#: Cached answers kept at most; the cache is cleared when it grows past this (one epoch's worth).
+MAX_CACHED = 20_000
+
+
+@dataclass(frozen=True)
+class _Cached:
+    epoch: int
+    reading: Reading | None
+    error: NoData | None
+
+
+def _value_of(metric: str, view: WindowView) -> tuple[float, dict[str, str]]:
+    labels: dict[str, str] = {}
+    q = LATENCY_QUANTILES.get(metric)
+    if q is not None:
+        value = view.sketch.quantile(q)
+        if value is None:
+            raise ValueError("empty sketch")
+        exemplar = view.exemplar_near(value)
+        if exemplar is not None:
+            labels["trace_id"] = exemplar.trace_id
+        return value, labels
+    if metric == "request_rate":
+        return view.count / view.seconds, labels
+    if metric == "error_ratio":
+        if view.error_trace_id:
+            labels["error_trace_id"] = view.error_trace_id
+        return view.errors / view.count, labels
+    raise MetricNotFound(f"metric {metric!r} is not served by this adapter")
+
+
+class MetricsProvider:
+    """Computes and caches :class:`Reading` values for the external metrics API."""
+
+    def __init__(self, store: WindowStore, clock: Callable[[], float]) -> None:
+        self.store = store
+        self._clock = clock
+        self._cache: dict[tuple[str, str, str], _Cached] = {}
+        self.computed = 0
+
+    def metric_names(self) -> list[str]:
+        """Every metric name this adapter can serve; listed even before any data arrives."""
+        return sorted(METRIC_HELP)
+
+    def reading(self, namespace: str, metric: str, selector: Selector) -> Reading:
+        if metric not in METRIC_HELP:
+            raise MetricNotFound(
+                f"metric {quote(metric)} is not served by this adapter; served metrics: "
+                + ", ".join(self.metric_names())
+            )
+        self.store.advance(self._clock())
+        epoch = self.store.epoch
+        assert epoch is not None
+        key = (namespace, metric, str(selector))
+        cached = self._cache.get(key)
+        if cached is None or cached.epoch != epoch:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            cached = self._compute(namespace, metric, selector, epoch)
+            self._cache[key] = cached
+        if cached.error is not None:
+            raise cached.error
+        assert cached.reading is not None
+        return cached.reading
+
+    def _compute(self, namespace: str, metric: str, selector: Selector, epoch: int) -> _Cached:
+        self.computed += 1
+        matched = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        view = self.store.view(matched)
+        settings = self.store.settings
+        if view is None:
+            what = f"selector {str(selector)!r}" if not selector.is_empty() else "an empty selector"
+            return _Cached(epoch, None, NoData(
+                f"no data for metric {metric!r} in namespace {namespace!r} matching {what} "
+                f"in the last {settings.window_seconds}s"
+                + ("" if matched else " (no series matched)")
+            ))
+        value, extra = _value_of(metric, view)
+        if not math.isfinite(value):
+            return _Cached(epoch, None, NoData(f"metric {metric!r} has no finite value in {namespace!r}"))
+        labels = {**view.labels, **extra}
+        reading = Reading(
+            metric=metric,
+            value=value,
+            timestamp=float((epoch + 1) * settings.slice_seconds),
+            window_seconds=int(view.seconds),
+            labels=labels,
+        )
+        return _Cached(epoch, reading, None)

@@ -1,0 +1,187 @@
+"""Wires the pieces into one running service: three listeners and the background tasks.
+
+One aiohttp application per listener (API on HTTPS, OTLP receiver, operations), each started with its
+own ``AppRunner``; background work (closing slices on time, the insecure-mode reminder) runs in tasks
+owned by :class:`Service` and cancelled on stop. Port 0 picks a free port; the ports actually bound are
+logged in one ``listening`` line, which is also how tests and scripts find them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .api.ops import build_ops_app
+from .api.routes import build_api_app
+from .api.tls import ensure_self_signed, server_context
+from .config import Settings
+from .provider import MetricsProvider
+from .sources.otlp import build_otlp_app
+from .sources.otlp_ingest import OtlpIngestor
+from .store import WindowStore
+from .telemetry import Telemetry
+
+log = logging.getLogger("adapter.service")
+
+#: How often insecure mode is announced again while it lasts.
+INSECURE_REMINDER_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    api: int
+    otlp: int
+    telemetry: int
+
+
+def _port_of(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes bound sockets only through the server object
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    raise RuntimeError("listener has no socket")
+
+
+class Service:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = WindowStore(settings.store)
+        self.telemetry = Telemetry(self.store)
+        self.ingestor = OtlpIngestor(self.store, settings.ingest, started_unix_nano=int(clock() * 1e9))
+        self.provider = MetricsProvider(self.store, clock)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ports: BoundPorts | None = None
+        self._ready = False
+
+    async def start(self) -> BoundPorts:
+        s = self.settings
+        pair = ensure_self_signed(s.cert_dir)
+        log.info("tls certificate", extra={"fields": {
+            "event": "tls_certificate", "cert_file": str(pair.cert_file), "generated": pair.generated,
+            "self_signed": True}})
+        api = await self._listen(build_api_app(self.provider, self.telemetry), s.api_port,
+                                 server_context(pair))
+        otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock),
+                                  s.otlp_port)
+        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready),
+                                 s.telemetry_port)
+        self.ports = BoundPorts(api, otlp, ops)
+        self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))
+        if s.insecure_no_auth:
+            self._tasks.append(asyncio.create_task(self._insecure_reminder(), name="insecure-reminder"))
+        self._ready = True
+        log.info("listening", extra={"fields": {
+            "event": "listening", "bind": s.bind, "api_port": api, "otlp_port": otlp,
+            "telemetry_port": ops, "insecure_no_auth": s.insecure_no_auth,
+            "window_seconds": s.store.window_seconds, "slice_seconds": s.store.slice_seconds}})
+        return self.ports
+
+    async def _listen(self, app: web.Application, port: int, ssl_context: object = None) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+                           reuse_address=True, backlog=1024)
+        await site.start()
+        self._runners.append(runner)
+        return _port_of(site)
+
+    async def _tick(self) -> None:
+        """Close slices on time even when no data arrives, so windows slide and stale data ages out."""
+        slice_seconds = self.settings.store.slice_seconds
+        while True:
+            now = self.clock()
+            delay = slice_seconds - (now % slice_seconds) + 0.01
+            await asyncio.sleep(delay)
+            try:
+                self.store.advance(self.clock())
+                self.telemetry.sync_store_counters()
+            except Exception:  # keep ticking: a bug here must not freeze every window
+                log.exception("slice ticker failed")
+
+    async def _insecure_reminder(self) -> None:
+        while True:
+            log.warning(
+                "insecure mode: the external metrics API accepts requests without authentication or "
+                "authorisation (--insecure-no-auth); never run this way in a cluster",
+                extra={"fields": {"event": "insecure_no_auth"}})
+            await asyncio.sleep(INSECURE_REMINDER_SECONDS)
+
+    async def stop(self) -> None:
+        self._ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self._tasks.clear()
+
+
+def _start_demo(endpoint: str, stop: threading.Event) -> threading.Thread:
+    from .demo import DemoSettings, run_demo
+
+    thread = threading.Thread(target=run_demo, args=(DemoSettings(otlp_endpoint=endpoint), stop),
+                              name="demo-traffic", daemon=True)
+    thread.start()
+    return thread
+
+
+def _print_demo_help(ports: BoundPorts) -> None:
+    base = f"https://127.0.0.1:{ports.api}/apis/external.metrics.k8s.io/v1beta1/namespaces/demo"
+    lines = [
+        "",
+        "latency-adapter is running with demo traffic "
+        "(namespace 'demo', workloads 'checkout' and 'catalog').",
+        "Values appear once the first slice closes (a few seconds). Try:",
+        "",
+        f"  curl -sk '{base}/latency_p95_seconds?labelSelector=workload%3Dcheckout'",
+        f"  curl -sk '{base}/latency_p95_seconds?labelSelector=workload%3Dcatalog'",
+        f"  curl -sk '{base}/request_rate?labelSelector=workload%3Dcheckout'",
+        f"  curl -sk '{base}/error_ratio?labelSelector=workload%3Dcheckout'",
+        f"  curl -s  'http://127.0.0.1:{ports.telemetry}/debug/workloads'",
+        f"  curl -s  'http://127.0.0.1:{ports.telemetry}/metrics'",
+        "",
+        "The trace_id in metricLabels is a real request near the p95. checkout slows down for 30 s "
+        "every 2 minutes. Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then stop listeners and tasks cleanly."""
+    service = Service(settings)
+    ports = await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    demo_stop = threading.Event()
+    demo_thread = None
+    if settings.demo:
+        demo_thread = _start_demo(f"http://127.0.0.1:{ports.otlp}", demo_stop)
+        _print_demo_help(ports)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping", extra={"fields": {"event": "stopping"}})
+        demo_stop.set()
+        if demo_thread is not None:
+            await asyncio.to_thread(demo_thread.join, 10)
+        await service.stop()
+        log.info("stopped", extra={"fields": {"event": "stopped"}})

@@ -1,0 +1,443 @@
+"""OTLP payloads into the window store: decoding, series keys, cumulative differencing.
+
+No HTTP here (that is :mod:`adapter.sources.otlp`); this module takes bytes, a content type and ``now``,
+and writes into a :class:`~adapter.store.WindowStore`. Decoding uses ``opentelemetry-proto``'s generated
+messages (upb underneath), never a hand-written protobuf parser.
+
+Spans: every SERVER span gives one latency sample (end - start), its error flag (status ERROR) and, for
+a few spans per batch chosen near the upper quantiles, its trace id as an exemplar candidate. The loop
+over spans is the hot path of the whole service: it touches only the fields it needs and hands each
+series' latencies to the store as one numpy array.
+
+Histograms (``http.server.request.duration`` in seconds, ``http.server.duration`` in milliseconds,
+or the unit the metric declares): explicit and exponential, delta and cumulative. A cumulative stream is
+differenced against its previous point; a restart (new start time, or any count going down) makes the new
+point a delta from zero. The first point of a stream that started before this process is only a baseline
+(its counts include requests from before the window); one that started after it counts in full.
+
+Series key (DESIGN section 6): ``k8s.namespace.name`` (else the configured default namespace), workload
+``k8s.deployment.name`` else ``service.name``, and ``http.route`` when route splitting is on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from ..errors import BadRequest
+from ..model import Exemplar, SeriesKey, label_value
+from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
+from ..store import WindowStore
+
+SPAN_KIND_SERVER = 2
+STATUS_CODE_ERROR = 2
+TEMPORALITY_DELTA = 1
+TEMPORALITY_CUMULATIVE = 2
+
+#: Histogram metric names read as request latency, with the unit assumed when the point declares none.
+LATENCY_HISTOGRAMS = {"http.server.request.duration": "s", "http.server.duration": "ms"}
+UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0}
+STATUS_ATTRIBUTES = ("http.response.status_code", "http.status_code")
+
+#: Quantiles of each batch whose requests become exemplar candidates (see ``Slice.add_candidates``).
+CANDIDATE_QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    default_namespace: str = "default"
+    split_routes: bool = True
+    max_label_length: int = 128
+    max_streams: int = 100_000
+
+
+@dataclass
+class IngestResult:
+    """What one request did: accepted and rejected items, and why things were rejected."""
+
+    accepted: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected += n
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+    def message(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+
+
+def _attr_str(value: Any) -> str:
+    """The string form of an OTLP ``AnyValue`` (string, int, bool or double)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return str(value.string_value)
+    if which == "int_value":
+        return str(value.int_value)
+    if which == "bool_value":
+        return "true" if value.bool_value else "false"
+    if which == "double_value":
+        return repr(value.double_value)
+    return ""
+
+
+def _resource_identity(attributes: Iterable[Any]) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    attrs = {a.key: _attr_str(a.value) for a in attributes}
+    return attrs, tuple(sorted(attrs.items()))
+
+
+_HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _hex_ids_to_base64(node: Any) -> None:
+    """OTLP/JSON encodes trace and span ids as hex, protobuf's JSON mapping expects base64."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _HEX_ID_FIELDS and isinstance(value, str):
+                try:
+                    node[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+                except ValueError as exc:
+                    raise BadRequest(f"field {key!r} is not a hex id: {value[:64]!r}") from exc
+            else:
+                _hex_ids_to_base64(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_ids_to_base64(item)
+
+
+def decode(body: bytes, is_json: bool, message: Any) -> None:
+    """Parse an OTLP protobuf or JSON body into ``message``; a :class:`BadRequest` says what was wrong."""
+    if is_json:
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise BadRequest("OTLP/JSON body must be a JSON object")
+        _hex_ids_to_base64(doc)
+        try:
+            json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, binascii.Error) as exc:
+            raise BadRequest(f"body is not a valid OTLP/JSON {type(message).__name__}: {exc}") from exc
+        return
+    try:
+        message.ParseFromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise BadRequest(f"body is not a valid protobuf {type(message).__name__}: {exc}") from exc
+
+
+def encode_response(message: Any, is_json: bool) -> bytes:
+    if is_json:
+        text: str = json_format.MessageToJson(message, indent=None)
+        return text.encode("utf-8")
+    return bytes(message.SerializeToString())
+
+
+class _Stream:
+    """Last cumulative point of one histogram stream."""
+
+    __slots__ = ("counts", "kind", "offset", "scale", "start", "zero")
+
+    def __init__(self, kind: str, start: int, counts: np.ndarray[Any, Any], scale: int = 0,
+                 offset: int = 0, zero: float = 0.0) -> None:
+        self.kind = kind
+        self.start = start
+        self.counts = counts
+        self.scale = scale
+        self.offset = offset
+        self.zero = zero
+
+
+class OtlpIngestor:
+    """Decodes OTLP requests and writes them into the store."""
+
+    def __init__(self, store: WindowStore, settings: IngestSettings | None = None,
+                 started_unix_nano: int = 0) -> None:
+        self.store = store
+        self.settings = settings or IngestSettings()
+        self.started_unix_nano = started_unix_nano
+        self._streams: OrderedDict[tuple[Any, ...], _Stream] = OrderedDict()
+        self.evicted_streams = 0
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    def _series_base(self, attrs: dict[str, str], result: IngestResult, n: int) -> tuple[str, str] | None:
+        namespace = attrs.get("k8s.namespace.name") or self.settings.default_namespace
+        workload = attrs.get("k8s.deployment.name") or attrs.get("service.name") or ""
+        if not workload:
+            result.reject("missing_workload", n)
+            return None
+        limit = self.settings.max_label_length
+        if len(namespace) > limit or len(workload) > limit:
+            result.reject("label_too_long", n)
+            return None
+        return namespace, label_value(workload, "unknown")
+
+    # -- traces ------------------------------------------------------------------------------------
+
+    def ingest_traces(self, body: bytes, is_json: bool, now: float) -> tuple[IngestResult, bytes]:
+        request = ExportTraceServiceRequest()
+        decode(body, is_json, request)
+        result = IngestResult()
+        split_routes = self.settings.split_routes
+        limit = self.settings.max_label_length
+        for resource_spans in request.resource_spans:
+            attrs, _ = _resource_identity(resource_spans.resource.attributes)
+            groups: dict[str, tuple[list[int], list[Any]]] = {}
+            total = 0
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                total += len(spans)
+                for span in spans:
+                    if span.kind != SPAN_KIND_SERVER:
+                        result.ignored += 1
+                        continue
+                    route = ""
+                    if split_routes:
+                        for a in span.attributes:
+                            if a.key == "http.route":
+                                route = a.value.string_value
+                                break
+                    group = groups.get(route)
+                    if group is None:
+                        group = groups[route] = ([], [])
+                    group[0].append(span.end_time_unix_nano - span.start_time_unix_nano)
+                    group[1].append(span)
+            if not groups:
+                continue
+            n_server = sum(len(g[0]) for g in groups.values())
+            base = self._series_base(attrs, result, n_server)
+            if base is None:
+                continue
+            namespace, workload = base
+            for route, (durations, spans_of) in groups.items():
+                if len(route) > limit:
+                    result.reject("label_too_long", len(durations))
+                    continue
+                key = SeriesKey(namespace, workload, label_value(route, "root") if route else "")
+                self._add_span_group(key, durations, spans_of, now, result)
+        response = ExportTraceServiceResponse()
+        if result.rejected:
+            response.partial_success.rejected_spans = result.rejected
+            response.partial_success.error_message = "rejected: " + result.message()
+        return result, encode_response(response, is_json)
+
+    def _add_span_group(self, key: SeriesKey, durations: list[int], spans: list[Any], now: float,
+                        result: IngestResult) -> None:
+        ns = np.asarray(durations, dtype=np.int64)
+        bad = ns < 0
+        if bad.any():
+            result.reject("negative_duration", int(bad.sum()))
+            keep = np.nonzero(~bad)[0]
+            ns = ns[keep]
+            spans = [spans[i] for i in keep]
+            if not spans:
+                return
+        seconds = ns.astype(np.float64) * 1e-9
+        errors = 0
+        error_trace = b""
+        for span in spans:
+            if span.status.code == STATUS_CODE_ERROR:
+                errors += 1
+                error_trace = span.trace_id
+        candidates = _candidates(seconds, spans)
+        if self.store.add_durations(key, seconds, errors, candidates, now,
+                                    error_trace.hex() if error_trace else ""):
+            result.accepted += len(spans)
+        else:
+            result.reject("series_cap", len(spans))
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def ingest_metrics(self, body: bytes, is_json: bool, now: float) -> tuple[IngestResult, bytes]:
+        request = ExportMetricsServiceRequest()
+        decode(body, is_json, request)
+        result = IngestResult()
+        for resource_metrics in request.resource_metrics:
+            attrs, identity = _resource_identity(resource_metrics.resource.attributes)
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    default_unit = LATENCY_HISTOGRAMS.get(metric.name)
+                    kind = metric.WhichOneof("data")
+                    if default_unit is None or kind not in ("histogram", "exponential_histogram"):
+                        result.ignored += _point_count(metric)
+                        continue
+                    unit = metric.unit or default_unit
+                    scale = UNIT_SECONDS.get(unit)
+                    if scale is None:
+                        result.reject("unknown_unit", _point_count(metric))
+                        continue
+                    data = getattr(metric, kind)
+                    for point in data.data_points:
+                        self._add_point(attrs, identity, metric.name, kind, data.aggregation_temporality,
+                                        point, scale, now, result)
+        response = ExportMetricsServiceResponse()
+        if result.rejected:
+            response.partial_success.rejected_data_points = result.rejected
+            response.partial_success.error_message = "rejected: " + result.message()
+        return result, encode_response(response, is_json)
+
+    def _add_point(self, attrs: dict[str, str], identity: tuple[Any, ...], name: str, kind: str,
+                   temporality: int, point: Any, scale: float, now: float, result: IngestResult) -> None:
+        point_attrs = {a.key: _attr_str(a.value) for a in point.attributes}
+        base = self._series_base(attrs, result, 1)
+        if base is None:
+            return
+        route = point_attrs.get("http.route", "") if self.settings.split_routes else ""
+        if len(route) > self.settings.max_label_length:
+            result.reject("label_too_long")
+            return
+        if temporality not in (TEMPORALITY_DELTA, TEMPORALITY_CUMULATIVE):
+            result.reject("unspecified_temporality")
+            return
+        sketch = LatencySketch(self.store.settings.relative_accuracy)
+        try:
+            if kind == "histogram":
+                added = self._explicit(identity, name, point_attrs, temporality, point, scale, sketch)
+            else:
+                added = self._exponential(identity, name, point_attrs, temporality, point, scale, sketch)
+        except ValueError as exc:
+            result.reject("malformed_point")
+            result.reasons.setdefault(f"malformed_point: {exc}"[:120], 0)
+            return
+        if added <= 0:
+            result.accepted += 1  # a valid point that carried no new requests
+            return
+        status = next((point_attrs[k] for k in STATUS_ATTRIBUTES if k in point_attrs), "")
+        errors = added if status[:1] == "5" and len(status) == 3 else 0.0
+        candidates = [
+            Exemplar(float(e.as_double if e.HasField("as_double") else e.as_int) * scale, e.trace_id.hex())
+            for e in point.exemplars
+            if e.trace_id
+        ]
+        key = SeriesKey(base[0], base[1], label_value(route, "root") if route else "")
+        if self.store.add_sketch(key, sketch, errors, candidates, now):
+            result.accepted += 1
+        else:
+            result.reject("series_cap")
+
+    def _previous(self, key: tuple[Any, ...]) -> _Stream | None:
+        stream = self._streams.get(key)
+        if stream is not None:
+            self._streams.move_to_end(key)
+        return stream
+
+    def _remember(self, key: tuple[Any, ...], stream: _Stream) -> None:
+        self._streams[key] = stream
+        self._streams.move_to_end(key)
+        while len(self._streams) > self.settings.max_streams:
+            self._streams.popitem(last=False)
+            self.evicted_streams += 1
+
+    def _explicit(self, identity: tuple[Any, ...], name: str, point_attrs: dict[str, str], temporality: int,
+                  point: Any, scale: float, sketch: LatencySketch) -> float:
+        bounds = list(point.explicit_bounds)
+        counts = np.asarray(point.bucket_counts, dtype=np.float64)
+        if counts.shape[0] == 0:
+            return 0.0
+        if counts.shape[0] != len(bounds) + 1:
+            raise ValueError(f"{len(bounds)} bounds but {counts.shape[0]} bucket counts")
+        if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
+            raise ValueError("explicit bounds are not increasing")
+        if temporality == TEMPORALITY_CUMULATIVE:
+            key = (identity, name, tuple(sorted(point_attrs.items())), "explicit", tuple(bounds))
+            prev = self._previous(key)
+            self._remember(key, _Stream("explicit", point.start_time_unix_nano, counts))
+            if prev is None:
+                if point.start_time_unix_nano < self.started_unix_nano or not point.start_time_unix_nano:
+                    return 0.0
+                delta = counts
+            elif prev.start != point.start_time_unix_nano or np.any(counts < prev.counts):
+                delta = counts
+            else:
+                delta = counts - prev.counts
+        else:
+            delta = counts
+        if not delta.any():
+            return 0.0
+        return import_explicit_histogram(
+            sketch, bounds, delta.tolist(), scale=scale,
+            minimum=point.min if point.HasField("min") and temporality == TEMPORALITY_DELTA else None,
+            maximum=point.max if point.HasField("max") and temporality == TEMPORALITY_DELTA else None,
+        )
+
+    def _exponential(self, identity: tuple[Any, ...], name: str, point_attrs: dict[str, str],
+                     temporality: int, point: Any, scale: float, sketch: LatencySketch) -> float:
+        counts = np.asarray(point.positive.bucket_counts, dtype=np.float64)
+        offset = int(point.positive.offset)
+        exp_scale = int(point.scale)
+        zero = float(point.zero_count)
+        if not -10 <= exp_scale <= 20:
+            raise ValueError(f"exponential histogram scale {exp_scale} outside [-10, 20]")
+        if temporality == TEMPORALITY_CUMULATIVE:
+            key = (identity, name, tuple(sorted(point_attrs.items())), "exponential")
+            prev = self._previous(key)
+            self._remember(key, _Stream("exponential", point.start_time_unix_nano, counts, exp_scale,
+                                        offset, zero))
+            if prev is None:
+                if point.start_time_unix_nano < self.started_unix_nano or not point.start_time_unix_nano:
+                    return 0.0
+            elif prev.start == point.start_time_unix_nano and prev.scale >= exp_scale:
+                old = _downscale(prev.counts, prev.offset, prev.scale - exp_scale)
+                old_counts, old_offset = old
+                lo = min(offset, old_offset)
+                hi = max(offset + counts.shape[0], old_offset + old_counts.shape[0])
+                cur = np.zeros(hi - lo)
+                cur[offset - lo : offset - lo + counts.shape[0]] = counts
+                before = np.zeros(hi - lo)
+                before[old_offset - lo : old_offset - lo + old_counts.shape[0]] = old_counts
+                diff = cur - before
+                if not (np.any(diff < 0) or zero < prev.zero):
+                    counts, offset, zero = diff, lo, zero - prev.zero
+        if not counts.any() and zero <= 0:
+            return 0.0
+        return import_exponential_histogram(sketch, exp_scale, offset, counts.tolist(), zero, scale)
+
+
+def _downscale(counts: np.ndarray[Any, Any], offset: int, by: int) -> tuple[np.ndarray[Any, Any], int]:
+    """Re-bucket exponential counts to a scale ``by`` steps coarser (index >> by)."""
+    if by == 0 or counts.shape[0] == 0:
+        return counts, offset
+    idx = (np.arange(counts.shape[0]) + offset) >> by
+    new_offset = int(idx[0])
+    return np.bincount(idx - new_offset, weights=counts), new_offset
+
+
+def _point_count(metric: Any) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def _candidates(seconds: np.ndarray[Any, np.dtype[np.float64]], spans: list[Any]) -> list[Exemplar]:
+    """Requests of one batch at its upper quantiles: the pool a window's exemplar is chosen from."""
+    n = seconds.shape[0]
+    if n <= len(CANDIDATE_QUANTILES):
+        picks: Sequence[int] = range(n)
+    else:
+        ranks = sorted({min(n - 1, int(q * (n - 1) + 0.5)) for q in CANDIDATE_QUANTILES})
+        order = np.argpartition(seconds, ranks)
+        picks = [int(order[r]) for r in ranks]
+    out = []
+    for i in picks:
+        trace_id = spans[i].trace_id
+        if trace_id:
+            out.append(Exemplar(float(seconds[i]), trace_id.hex()))
+    return out
