@@ -38,18 +38,16 @@ __all__ = ["canonical_quantity", "format_quantity", "milli_value", "parse_quanti
 # ----------------------------------------------------------------------------------------------------------
 # Formatting (hot path).
 
-#: Suffix for each exponent format_quantity can produce. Only these four: they are the ones every
-#: Kubernetes client has parsed since 1.0, and an integer mantissa never needs a decimal point.
-_FORMAT_SUFFIX: Final[dict[int, str]] = {0: "", -3: "m", -6: "u", -9: "n"}
-#: Below this magnitude ``value * 1e6`` is exact to within half a unit and half-integers are floats, so
-#: rounding the float product gives the exactly rounded result unless the product is itself a tie.
+#: Below this magnitude a float ``value * 1e6`` is within half a unit of the exact product and every
+#: half-integer is a float, so rounding the float product gives the exactly rounded result unless the
+#: product lands exactly on a half-integer; only then is the slower exact route needed.
 _FLOAT_PATH_LIMIT: Final = 2.0**52 / 1e6
 
 
-def _exact_units(value: float, exponent: int) -> int:
-    """``value / 10**exponent`` rounded half to even, from the float's exact binary fraction."""
+def _exact_units(value: float, per_unit: int) -> int:
+    """``value * per_unit`` rounded half to even, from the float's exact binary fraction."""
     numerator, denominator = value.as_integer_ratio()  # denominator is a power of two
-    units, rest = divmod(numerator * 10**-exponent, denominator)  # floors: rest >= 0 for both signs
+    units, rest = divmod(numerator * per_unit, denominator)  # floors: rest >= 0 for both signs
     twice = rest + rest
     if twice > denominator or (twice == denominator and units & 1):
         units += 1
@@ -63,37 +61,36 @@ def format_quantity(value: float) -> str:
     a tiny latency keeps three significant digits instead of becoming ``"0"``. The result is the shortest
     exact integer-mantissa form among plain, ``m``, ``u`` and ``n``: ``0.2143`` -> ``"214300u"``,
     ``0.214`` -> ``"214m"``, ``3.0`` -> ``"3"``, ``2e-7`` -> ``"200n"``. Plain integers never get ``k``/``M``
-    so a human reading the API sees the number itself.
+    so a human reading the API sees the number itself; Go accepts all of these and no others are needed.
 
     The rounding is exact, as if done on the float's exact decimal expansion, so the served quantity is
-    always within half a unit of ``value``. It runs per served value, so the usual case is two float
-    operations; the rare ties and huge values take the integer route.
+    always within half a unit of ``value``. This runs once per served value, so the usual case is a float
+    multiply and ``round``; ties and values beyond about 4.5e9 take the exact integer route.
 
     :raises ValueError: for NaN or infinity: Go's parser rejects them and an HPA would stop scaling.
     """
-    if -_FLOAT_PATH_LIMIT < value < _FLOAT_PATH_LIMIT:  # False for NaN
-        if value == 0:
-            return "0"  # also -0.0: Go has no negative zero
-        # 1e9 and 1e6 are exact floats, so the product is the exact product correctly rounded. It can only
-        # land on the other side of a half-integer if it lands exactly on one (they are floats here).
+    # 1e9 and 1e6 are exact floats, so ``value * 1e6`` is the exact product correctly rounded; the
+    # comparison is False for NaN.
+    if -_FLOAT_PATH_LIMIT < value < _FLOAT_PATH_LIMIT:
         if -1e-3 < value < 1e-3:
-            exponent = -9
             scaled = value * 1e9
+            nanos = round(scaled) if scaled % 1.0 != 0.5 else _exact_units(value, 1_000_000_000)
+            if nanos % 1000:
+                return f"{nanos}n"
+            micros = nanos // 1000
         else:
-            exponent = -6
             scaled = value * 1e6
-        units = round(scaled) if scaled - math.floor(scaled) != 0.5 else _exact_units(value, exponent)
+            micros = round(scaled) if scaled % 1.0 != 0.5 else _exact_units(value, 1_000_000)
     elif math.isfinite(value):
-        exponent = -6
-        units = _exact_units(value, exponent)
+        micros = _exact_units(value, 1_000_000)
     else:
         raise ValueError(f"cannot serve {value!r} as a Kubernetes quantity: not a finite number")
-    if units == 0:
-        return "0"
-    while exponent < 0 and units % 1000 == 0:
-        units //= 1000
-        exponent += 3
-    return f"{units}{_FORMAT_SUFFIX[exponent]}"
+    if micros % 1000:
+        return f"{micros}u"
+    millis = micros // 1000
+    if millis % 1000:
+        return f"{millis}m"
+    return str(millis // 1000)  # "0" for zero, -0.0 and anything that rounds to zero: Go has no -0
 
 
 # ----------------------------------------------------------------------------------------------------------

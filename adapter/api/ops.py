@@ -18,7 +18,6 @@ from ..store import WindowStore
 from ..telemetry import Telemetry
 
 
-
 def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool]) -> web.Application:
     app = web.Application()
 

@@ -2,7 +2,8 @@
 
 No HTTP here (that is :mod:`adapter.sources.otlp`); this module takes bytes, a content type and ``now``,
 and writes into a :class:`~adapter.store.WindowStore`. Decoding uses ``opentelemetry-proto``'s generated
-messages (upb underneath), never a hand-written protobuf parser.
+messages (upb underneath), never a hand-written protobuf parser; spans are read through a lean view of
+the same schema (:mod:`adapter.sources.otlp_view`) that makes the route a hash lookup.
 
 Spans: every SERVER span gives one latency sample (end - start), its error flag (status ERROR) and, for
 a few spans per batch chosen near the upper quantiles, its trace id as an exemplar candidate. The loop
@@ -45,6 +46,7 @@ from ..errors import BadRequest
 from ..model import Exemplar, SeriesKey, label_value
 from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
 from ..store import WindowStore
+from .otlp_view import LeanTraceRequest
 
 SPAN_KIND_SERVER = 2
 STATUS_CODE_ERROR = 2
@@ -194,28 +196,29 @@ class OtlpIngestor:
     # -- traces ------------------------------------------------------------------------------------
 
     def ingest_traces(self, body: bytes, is_json: bool, now: float) -> tuple[IngestResult, bytes]:
-        request = ExportTraceServiceRequest()
-        decode(body, is_json, request)
+        if is_json:
+            # OTLP/JSON needs the official messages (its attributes are lists); re-encode for the view.
+            official = ExportTraceServiceRequest()
+            decode(body, True, official)
+            body = official.SerializeToString()
+        request = LeanTraceRequest()
+        decode(body, False, request)
         result = IngestResult()
         split_routes = self.settings.split_routes
         limit = self.settings.max_label_length
         for resource_spans in request.resource_spans:
             attrs, _ = _resource_identity(resource_spans.resource.attributes)
             groups: dict[str, tuple[list[int], list[Any]]] = {}
-            total = 0
             for scope_spans in resource_spans.scope_spans:
-                spans = scope_spans.spans
-                total += len(spans)
-                for span in spans:
+                for span in scope_spans.spans:
                     if span.kind != SPAN_KIND_SERVER:
                         result.ignored += 1
                         continue
                     route = ""
                     if split_routes:
-                        for a in span.attributes:
-                            if a.key == "http.route":
-                                route = a.value.string_value
-                                break
+                        value = span.attributes.get("http.route")
+                        if value is not None:
+                            route = value.string_value
                     group = groups.get(route)
                     if group is None:
                         group = groups[route] = ([], [])
