@@ -58,6 +58,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "store.max_series": (lambda v: v >= 1, "at least 1"),
     "store.max_series_per_namespace": (lambda v: v >= 1, "at least 1"),
     "store.relative_accuracy": (lambda v: 0.0001 <= v <= 0.05, "between 0.0001 and 0.05"),
+    "store.refresh_seconds": (lambda v: 0.1 <= v <= 600, "between 0.1 and 600"),
     "otlp.max_body_bytes": (lambda v: 1024 <= v <= 1 << 30, "between 1024 and 1073741824"),
     "otlp.max_decompressed_bytes": (lambda v: 1024 <= v <= 1 << 31, "between 1024 and 2147483648"),
     "otlp.max_label_length": (lambda v: 1 <= v <= 1024, "between 1 and 1024"),
@@ -91,6 +92,19 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
             raise ConfigError(path, value, "must be a string")
         return value
     raise ConfigError(path, value, f"has an unsupported type {kind.__name__}")
+
+
+def _check_store(current: StoreSettings, changes: dict[str, Any]) -> None:
+    """Cross-key rules of ``store``, reported with the key path and the effective values."""
+    window = changes.get("window_seconds", current.window_seconds)
+    slice_seconds = changes.get("slice_seconds", current.slice_seconds)
+    refresh = changes.get("refresh_seconds", current.refresh_seconds)
+    if window % slice_seconds:
+        raise ConfigError("store.window_seconds", window,
+                          f"must be a whole number of slices (store.slice_seconds is {slice_seconds})")
+    if refresh > slice_seconds:
+        raise ConfigError("store.refresh_seconds", refresh,
+                          f"must be at most store.slice_seconds ({slice_seconds})")
 
 
 def _field_defaults(cls: type[Any]) -> dict[str, Any]:
@@ -135,10 +149,10 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
                 raise ConfigError(path, value, f"must be {check[1]}")
             per_target[attr][key] = value
         for attr, _cls in targets:
-            try:
-                updates[attr] = dataclasses.replace(getattr(base, attr), **per_target[attr])
-            except ValueError as exc:
-                raise ConfigError(str(section), body, str(exc)) from exc
+            current = getattr(base, attr)
+            if attr == "store":
+                _check_store(current, per_target[attr])
+            updates[attr] = dataclasses.replace(current, **per_target[attr])
     receiver = updates.get("receiver", base.receiver)
     if receiver.max_decompressed_bytes < receiver.max_body_bytes:
         raise ConfigError("otlp.max_decompressed_bytes", receiver.max_decompressed_bytes,
@@ -154,6 +168,9 @@ def load_settings(path: Path | None, base: Settings | None = None) -> Settings:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        problem = f"is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise ConfigError("--config", str(path), problem) from exc
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

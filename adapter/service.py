@@ -76,7 +76,7 @@ class Service:
                                  server_context(pair))
         otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock),
                                   s.otlp_port)
-        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready),
+        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready, self.clock),
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
         self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))

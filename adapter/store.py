@@ -4,11 +4,11 @@ Pure: no clock, no I/O, no asyncio. Every call that depends on time takes ``now`
 as an argument, so tests drive it with an injected clock and the service drives it with ``time.time()``.
 
 Time is cut into slices of ``slice_seconds`` (default 5 s); slice ``i`` covers
-``[i * slice_seconds, (i + 1) * slice_seconds)``. The *window* is the last ``window_seconds /
-slice_seconds`` **closed** slices (default 12, i.e. 60 s); the slice being written is not part of it.
-So every value served changes only when a slice closes: all requests in between see the same answer, the
-API can cache per slice (the ``epoch``), and a latency step reaches the served p95 at the next slice
-boundary, within one slice.
+``[i * slice_seconds, (i + 1) * slice_seconds)``. The *window* of a series is the last ``window_seconds /
+slice_seconds`` **closed** slices (default 12, i.e. 60 s), kept merged and moved when a slice closes (the
+store's ``epoch`` is the id of the last closed slice). :meth:`WindowStore.view` called with ``now`` adds
+the open slice so far, which is what the API serves (refreshed once per ``refresh_seconds``): a latency
+step reaches the served p95 within a second or two instead of waiting for its slice to close.
 
 Each series keeps a merged window sketch that is updated incrementally when a slice closes (the new
 slice is added, the one that left the window is subtracted) and rebuilt from its slices once per
@@ -43,10 +43,14 @@ class StoreSettings:
     max_series: int = 10_000
     max_series_per_namespace: int = 2_000
     relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+    #: How often served values are recomputed (closed window + the open slice so far).
+    refresh_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.slice_seconds <= 0 or self.window_seconds <= 0:
             raise ValueError("window_seconds and slice_seconds must be positive")
+        if not 0 < self.refresh_seconds <= self.slice_seconds:
+            raise ValueError("refresh_seconds must be positive and at most slice_seconds")
         if self.window_seconds % self.slice_seconds:
             raise ValueError("window_seconds must be a whole number of slices")
 
@@ -55,18 +59,34 @@ class StoreSettings:
         return self.window_seconds // self.slice_seconds
 
 
-class Slice:
-    """One closed or open time slice of one series."""
+#: Exemplar candidates of a closed slice: latency and the raw 16-byte trace id, 24 bytes each.
+CANDIDATE_DTYPE = np.dtype([("seconds", np.float64), ("trace_id", "S16")])
+_NO_CANDIDATES = np.zeros(0, dtype=CANDIDATE_DTYPE)
 
-    __slots__ = ("candidates", "count", "error_trace_id", "errors", "sketch", "slice_id")
+
+class Slice:
+    """One time slice of one series.
+
+    While open it holds a float32 sketch that takes writes. When it closes, :meth:`freeze` keeps only
+    what the window needs: the bin array and its first key, the zero count, the counters and the
+    exemplar candidates packed in one small array. A frozen slice is about a quarter of the memory of a
+    live sketch object and never changes again, so the window can add it now and subtract it exactly
+    later.
+    """
+
+    __slots__ = ("bins", "candidates", "count", "error_trace_id", "errors", "offset", "sketch", "slice_id",
+                 "zeros")
 
     def __init__(self, slice_id: int, relative_accuracy: float) -> None:
         self.slice_id = slice_id
-        self.sketch = LatencySketch(relative_accuracy, np.float32)
+        self.sketch: LatencySketch | None = LatencySketch(relative_accuracy, np.float32)
         self.count = 0.0
         self.errors = 0.0
-        self.candidates: list[Exemplar] = []
+        self.candidates: list[Exemplar] | np.ndarray[Any, Any] = []
         self.error_trace_id = ""
+        self.offset = 0
+        self.bins: np.ndarray[Any, Any] = _EMPTY_BINS
+        self.zeros = 0.0
 
     def add_candidates(self, candidates: Iterable[Exemplar]) -> None:
         """Keep a bounded, evenly spread sample of candidate requests by latency.
@@ -75,13 +95,70 @@ class Slice:
         full it is thinned by keeping every other one in latency order, which keeps the spread of the
         tail rather than only the newest or the slowest requests.
         """
+        assert isinstance(self.candidates, list), "a closed slice takes no writes"
         self.candidates.extend(candidates)
         if len(self.candidates) > CANDIDATES_PER_SLICE:
             ordered = sorted(self.candidates, key=lambda e: e.seconds)
             self.candidates = ordered[1::2] if len(ordered) % 2 == 0 else ordered[::2]
 
+    def freeze(self) -> None:
+        """Close the slice: drop the sketch object, keep its bins and pack the candidates."""
+        sketch = self.sketch
+        if sketch is None:
+            return
+        store = sketch.store
+        self.offset = store.offset
+        self.bins = store.bins if store.length() else _EMPTY_BINS
+        self.zeros = sketch.zero_count
+        self.sketch = None
+        listed = self.candidates
+        if isinstance(listed, list) and listed:
+            packed = np.zeros(len(listed), dtype=CANDIDATE_DTYPE)
+            packed["seconds"] = [c.seconds for c in listed]
+            packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in listed]
+            self.candidates = packed
+        else:
+            self.candidates = _NO_CANDIDATES
+
+    def parts(self) -> tuple[int, np.ndarray[Any, Any], float]:
+        """(first key, bins, zero count), open or closed."""
+        if self.sketch is not None:
+            store = self.sketch.store
+            return store.offset, store.bins, self.sketch.zero_count
+        return self.offset, self.bins, self.zeros
+
+    def packed_candidates(self) -> np.ndarray[Any, Any]:
+        if isinstance(self.candidates, list):
+            if not self.candidates:
+                return _NO_CANDIDATES
+            packed = np.zeros(len(self.candidates), dtype=CANDIDATE_DTYPE)
+            packed["seconds"] = [c.seconds for c in self.candidates]
+            packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in self.candidates]
+            return packed
+        return self.candidates
+
     def nbytes(self) -> int:
-        return self.sketch.nbytes() + 64 * len(self.candidates) + 200
+        """Bytes held: arrays plus measured object overheads (see ``_OVERHEAD``)."""
+        if self.sketch is not None:
+            size = self.sketch.nbytes() + _OVERHEAD["open_slice"]
+            size += len(self.candidates) * _OVERHEAD["exemplar"]
+            return size
+        size = _OVERHEAD["closed_slice"] + int(self.bins.nbytes)
+        if isinstance(self.candidates, np.ndarray) and self.candidates.shape[0]:
+            size += int(self.candidates.nbytes) + _OVERHEAD["array"]
+        return size
+
+
+_EMPTY_BINS = np.zeros(0, dtype=np.float32)
+#: Approximate CPython/numpy object overheads in bytes, measured with tracemalloc on CPython 3.11 and
+#: numpy 2 (the memory test keeps this estimate within 25 % of what is really allocated).
+_OVERHEAD = {
+    "open_slice": 1400,  # Slice + LatencySketch + two ArrayStores + their dicts and arrays
+    "closed_slice": 250,  # Slice with slots + one bins array header
+    "array": 112,
+    "exemplar": 170,  # Exemplar + 32-character str + float
+    "series": 900,  # Series + ring list + window sketch objects + key
+}
 
 
 class Series:
@@ -106,7 +183,7 @@ class Series:
         return out
 
     def nbytes(self) -> int:
-        total = self.window.nbytes() + 400 + 8 * len(self.ring)
+        total = self.window.nbytes() + _OVERHEAD["series"] + 8 * len(self.ring)
         for s in self.ring:
             if s is not None:
                 total += s.nbytes()
@@ -115,7 +192,7 @@ class Series:
 
 @dataclass(frozen=True)
 class WindowView:
-    """What the window of one or more series holds at one epoch (a read-only snapshot)."""
+    """What the window of one or more series holds at one moment (a read-only snapshot)."""
 
     sketch: LatencySketch
     count: float
@@ -125,13 +202,24 @@ class WindowView:
     error_trace_id: str
     labels: dict[str, str]
 
-    def exemplar_near(self, value: float) -> Exemplar | None:
-        """The candidate whose latency is nearest ``value``, preferring ones at or above it."""
+    def exemplar_near(self, value: float,
+                      tolerance: float = 2 * DEFAULT_RELATIVE_ACCURACY) -> Exemplar | None:
+        """A real request near ``value``: the nearest candidate at or above ``value * (1 - tolerance)``.
+
+        The sketch reports a quantile within its relative accuracy, so a request a hair below the served
+        value may be the true p95 request; beyond that tolerance a slower request is preferred to a
+        faster one, because "this request was at least this slow" is what an engineer follows.
+        """
         if not self.candidates:
             return None
-        above = [c for c in self.candidates if c.seconds >= value]
-        pool: Sequence[Exemplar] = above if above else self.candidates
+        floor = value * (1.0 - tolerance)
+        pool: Sequence[Exemplar] = [c for c in self.candidates if c.seconds >= floor] or self.candidates
         return min(pool, key=lambda c: abs(c.seconds - value))
+
+
+def _unpack(packed: np.ndarray[Any, Any]) -> list[Exemplar]:
+    return [Exemplar(float(sec), bytes(tid).hex()) for sec, tid in zip(
+        packed["seconds"].tolist(), packed["trace_id"].tolist(), strict=True)]
 
 
 class WindowStore:
@@ -173,15 +261,17 @@ class WindowStore:
                 for s in series.slices_in(previous - n + 1, epoch - n):
                     self._window_add(series, s, -1.0)
             self._drop_expired(series, epoch - n)
-            if series.window_count <= 0 and not series.slices_in(epoch + 1, epoch + 1):
+            # Counts are whole requests; < 0.5 is an empty window whatever float rounding left behind.
+            if series.window_count < 0.5 and not series.slices_in(epoch + 1, epoch + 1):
                 self._remove(key)
         return True
 
     def _window_add(self, series: Series, s: Slice, sign: float) -> None:
-        store = s.sketch.store
-        if store.length():
-            series.window.store.add_dense(store.offset, store.bins.astype(np.float64) * sign)
-        series.window._zero_count += sign * s.sketch.zero_count
+        s.freeze()
+        offset, bins, zeros = s.parts()
+        if bins.shape[0]:
+            series.window.store.add_dense(offset, bins.astype(np.float64) * sign)
+        series.window._zero_count += sign * zeros
         series.window._refresh_totals()
         series.window_count += sign * s.count
         series.window_errors += sign * s.errors
@@ -249,11 +339,42 @@ class WindowStore:
     ) -> bool:
         """Add a batch of request latencies (seconds) of one series. False when dropped by a cap."""
         s = self._slice_for(key, now)
-        if s is None:
+        if s is None or s.sketch is None:
             return False
         s.sketch.add_many(seconds)
         s.count += float(seconds.shape[0])
         s.errors += float(errors)
+        if candidates:
+            s.add_candidates(candidates)
+        if error_trace_id:
+            s.error_trace_id = error_trace_id
+        return True
+
+    def add_counts(
+        self,
+        key: SeriesKey,
+        lo: int,
+        counts: np.ndarray[Any, np.dtype[np.float64]],
+        zeros: float,
+        n: float,
+        errors: float,
+        candidates: Sequence[Exemplar],
+        now: float,
+        error_trace_id: str = "",
+    ) -> bool:
+        """Add latencies already binned by sketch key (``counts[i]`` for key ``lo + i``), the span path.
+
+        ``zeros`` counts requests too short for the sketch to tell from 0. False when dropped by a cap.
+        """
+        s = self._slice_for(key, now)
+        if s is None or s.sketch is None:
+            return False
+        s.sketch.add_weighted_keys(lo, counts)
+        if zeros:
+            s.sketch._zero_count += zeros
+            s.sketch._refresh_totals()
+        s.count += n
+        s.errors += errors
         if candidates:
             s.add_candidates(candidates)
         if error_trace_id:
@@ -267,13 +388,18 @@ class WindowStore:
         errors: float,
         candidates: Sequence[Exemplar],
         now: float,
+        requests: float | None = None,
     ) -> bool:
-        """Add pre-aggregated latencies (an imported OTLP histogram point). False when dropped."""
+        """Add pre-aggregated latencies (an imported OTLP histogram point). False when dropped.
+
+        ``requests`` is the exact request count when known: an imported histogram spreads counts over
+        bins in fractions, and its sketch total can be off by a rounding error.
+        """
         s = self._slice_for(key, now)
-        if s is None:
+        if s is None or s.sketch is None:
             return False
         s.sketch.merge_from(sketch)
-        s.count += float(sketch.count)
+        s.count += float(sketch.count if requests is None else requests)
         s.errors += float(errors)
         if candidates:
             s.add_candidates(candidates)
@@ -293,46 +419,66 @@ class WindowStore:
     def all_series(self) -> list[Series]:
         return list(self._series.values())
 
-    def view(self, series: Sequence[Series]) -> WindowView | None:
+    def view(self, series: Sequence[Series], now: float | None = None) -> WindowView | None:
         """Merge the windows of ``series`` into one view; None when they hold no requests.
+
+        Without ``now`` the view is the closed window. With ``now`` it also holds the open slice up to
+        that moment, which is what the API serves: a latency step then shows within about a second
+        instead of waiting for its slice to close.
 
         Several routes of one workload are merged sketch by sketch, so the p95 is that of the union of
         their requests, never an average of p95s.
         """
         if self.epoch is None:
             return None
-        live = [s for s in series if s.window_count > 0]
+        open_id = self.epoch + 1
+        opened = {}
+        if now is not None:
+            for s in series:
+                sl = s.ring[open_id % len(s.ring)]
+                if sl is not None and sl.slice_id == open_id and sl.count > 0:
+                    opened[id(s)] = sl
+        live = [s for s in series if s.window_count >= 0.5 or id(s) in opened]
         if not live:
             return None
         n = self.settings.slices
         first = self.epoch - n + 1
-        if len(live) == 1:
+        if len(live) == 1 and not opened:
             sketch = live[0].window
         else:
             sketch = LatencySketch(self.settings.relative_accuracy, np.float64)
             for s in live:
                 sketch.merge_from(s.window)
-        candidates: list[Exemplar] = []
+            for sl in opened.values():
+                offset, bins, zeros = sl.parts()
+                if bins.shape[0]:
+                    sketch.store.add_dense(offset, bins)
+                sketch._zero_count += zeros
+            sketch._refresh_totals()
+        packed: list[np.ndarray[Any, Any]] = []
         error_trace = ""
         newest_error = -1
-        covered_from = self.epoch + 1
+        covered_from = open_id
         for s in live:
             covered_from = min(covered_from, max(s.covered_from, first))
-            for sl in s.slices_in(first, self.epoch):
-                candidates.extend(sl.candidates)
+            for sl in s.slices_in(first, open_id if now is not None else self.epoch):
+                packed.append(sl.packed_candidates())
                 if sl.error_trace_id and sl.slice_id > newest_error:
                     newest_error, error_trace = sl.slice_id, sl.error_trace_id
-        seconds = float((self.epoch + 1 - covered_from) * self.settings.slice_seconds)
+        slice_seconds = self.settings.slice_seconds
+        seconds = float((open_id - covered_from) * slice_seconds)
+        if now is not None:
+            seconds += min(max(now - open_id * slice_seconds, 0.0), float(slice_seconds))
         common = dict(live[0].key.labels())
         for s in live[1:]:
             other = s.key.labels()
             common = {k: v for k, v in common.items() if other.get(k) == v}
         return WindowView(
             sketch=sketch,
-            count=sum(s.window_count for s in live),
-            errors=sum(s.window_errors for s in live),
-            seconds=max(seconds, float(self.settings.slice_seconds)),
-            candidates=tuple(candidates),
+            count=sum(s.window_count for s in live) + sum(sl.count for sl in opened.values()),
+            errors=sum(s.window_errors for s in live) + sum(sl.errors for sl in opened.values()),
+            seconds=max(seconds, 1.0),
+            candidates=tuple(_unpack(np.concatenate(packed))) if packed else (),
             error_trace_id=error_trace,
             labels=common,
         )

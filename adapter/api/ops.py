@@ -18,7 +18,8 @@ from ..store import WindowStore
 from ..telemetry import Telemetry
 
 
-def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool]) -> web.Application:
+def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool],
+                  clock: Callable[[], float]) -> web.Application:
     app = web.Application()
 
     async def metrics(request: web.Request) -> web.Response:
@@ -37,9 +38,11 @@ def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], 
 
     async def workloads(request: web.Request) -> web.Response:
         rows = []
+        now = clock()
+        store.advance(now)
         ordered = sorted(store.all_series(), key=lambda s: (s.key.namespace, s.key.workload, s.key.route))
         for series in ordered:
-            view = store.view([series])
+            view = store.view([series], now=now)
             row: dict[str, object] = {"namespace": series.key.namespace, **series.key.labels()}
             if view is not None:
                 for metric, q in LATENCY_QUANTILES.items():

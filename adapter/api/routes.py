@@ -5,8 +5,8 @@ turns each into a ``Status`` through :func:`adapter.errors.status_of`, so no han
 by hand and a client never sees a traceback (the log line has the detail).
 
 The value path is hot (every HPA, every 15 s, and the benchmark's 10,000 requests/s): the answer for a
-``(namespace, metric, selector)`` is computed once per store epoch by the provider, and its JSON bytes
-are cached here next to the reading they came from.
+``(namespace, metric, selector)`` is computed once per refresh tick by the provider, and its JSON
+bytes are cached here next to the reading they came from.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import base64
 import binascii
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from ..errors import BadRequest
 from ..model import Exemplar, SeriesKey, label_value
@@ -60,6 +62,10 @@ STATUS_ATTRIBUTES = ("http.response.status_code", "http.status_code")
 
 #: Quantiles of each batch whose requests become exemplar candidates (see ``Slice.add_candidates``).
 CANDIDATE_QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
+#: Series keys remembered for (workload, encoded route) pairs before the cache starts over.
+MAX_CACHED_KEYS = 50_000
+_MIN_POSITIVE = LatencySketch().mapping.min_possible
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,21 @@ class IngestResult:
 
     def message(self) -> str:
         return ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+
+
+def _is_error_status(raw: bytes) -> bool:
+    """Whether an encoded ``Status`` says ERROR (decoded only for spans that carry a status)."""
+    try:
+        return bool(Status.FromString(raw).code == STATUS_CODE_ERROR)
+    except DecodeError:
+        return False
+
+
+def _any_value_str(raw: bytes) -> str:
+    try:
+        return _attr_str(AnyValue.FromString(raw))
+    except DecodeError:
+        return ""
 
 
 def _attr_str(value: Any) -> str:
@@ -130,14 +151,15 @@ def decode(body: bytes, is_json: bool, message: Any) -> None:
     if is_json:
         try:
             doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise BadRequest(f"body is not valid JSON: {reason}") from exc
         if not isinstance(doc, dict):
             raise BadRequest("OTLP/JSON body must be a JSON object")
         _hex_ids_to_base64(doc)
         try:
             json_format.ParseDict(doc, message, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError, binascii.Error) as exc:
+        except (json_format.ParseError, ValueError, TypeError, binascii.Error, RecursionError) as exc:
             raise BadRequest(f"body is not a valid OTLP/JSON {type(message).__name__}: {exc}") from exc
         return
     try:
@@ -177,6 +199,8 @@ class OtlpIngestor:
         self.settings = settings or IngestSettings()
         self.started_unix_nano = started_unix_nano
         self._streams: OrderedDict[tuple[Any, ...], _Stream] = OrderedDict()
+        self._keys: dict[tuple[tuple[str, str], bytes], SeriesKey] = {}
+        self._keys_of = LatencySketch(store.settings.relative_accuracy).keys_of
         self.evicted_streams = 0
 
     # -- keys --------------------------------------------------------------------------------------
@@ -205,68 +229,109 @@ class OtlpIngestor:
         decode(body, False, request)
         result = IngestResult()
         split_routes = self.settings.split_routes
-        limit = self.settings.max_label_length
         for resource_spans in request.resource_spans:
-            attrs, _ = _resource_identity(resource_spans.resource.attributes)
-            groups: dict[str, tuple[list[int], list[Any]]] = {}
+            # The per-span loop: only list appends and field reads; everything else is per batch.
+            durations: list[int] = []
+            routes: list[bytes] = []
+            kept: list[Any] = []
+            errors: list[int] = []
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     if span.kind != SPAN_KIND_SERVER:
                         result.ignored += 1
                         continue
-                    route = ""
+                    if span.status and _is_error_status(span.status):
+                        errors.append(len(durations))
                     if split_routes:
-                        value = span.attributes.get("http.route")
-                        if value is not None:
-                            route = value.string_value
-                    group = groups.get(route)
-                    if group is None:
-                        group = groups[route] = ([], [])
-                    group[0].append(span.end_time_unix_nano - span.start_time_unix_nano)
-                    group[1].append(span)
-            if not groups:
+                        routes.append(span.attributes.get("http.route", b""))
+                    durations.append(span.end_time_unix_nano - span.start_time_unix_nano)
+                    kept.append(span)
+            if not durations:
                 continue
-            n_server = sum(len(g[0]) for g in groups.values())
-            base = self._series_base(attrs, result, n_server)
+            attrs, _ = _resource_identity(resource_spans.resource.attributes)
+            base = self._series_base(attrs, result, len(durations))
             if base is None:
                 continue
-            namespace, workload = base
-            for route, (durations, spans_of) in groups.items():
-                if len(route) > limit:
-                    result.reject("label_too_long", len(durations))
-                    continue
-                key = SeriesKey(namespace, workload, label_value(route, "root") if route else "")
-                self._add_span_group(key, durations, spans_of, now, result)
+            self._add_spans(base, durations, routes, kept, errors, now, result)
         response = ExportTraceServiceResponse()
         if result.rejected:
             response.partial_success.rejected_spans = result.rejected
             response.partial_success.error_message = "rejected: " + result.message()
         return result, encode_response(response, is_json)
 
-    def _add_span_group(self, key: SeriesKey, durations: list[int], spans: list[Any], now: float,
-                        result: IngestResult) -> None:
-        ns = np.asarray(durations, dtype=np.int64)
-        bad = ns < 0
-        if bad.any():
-            result.reject("negative_duration", int(bad.sum()))
-            keep = np.nonzero(~bad)[0]
-            ns = ns[keep]
-            spans = [spans[i] for i in keep]
-            if not spans:
-                return
-        seconds = ns.astype(np.float64) * 1e-9
-        errors = 0
-        error_trace = b""
-        for span in spans:
-            if span.status.code == STATUS_CODE_ERROR:
-                errors += 1
-                error_trace = span.trace_id
-        candidates = _candidates(seconds, spans)
-        if self.store.add_durations(key, seconds, errors, candidates, now,
-                                    error_trace.hex() if error_trace else ""):
-            result.accepted += len(spans)
+    def _route_key(self, base: tuple[str, str], raw: bytes) -> SeriesKey | None:
+        """The series key for an encoded ``http.route`` value (cached: few distinct routes exist)."""
+        cache_key = (base, raw)
+        key = self._keys.get(cache_key)
+        if key is None:
+            route = _any_value_str(raw) if raw else ""
+            if len(route) > self.settings.max_label_length:
+                return None
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()
+            key = SeriesKey(base[0], base[1], label_value(route, "root") if route else "")
+            self._keys[cache_key] = key
+        return key
+
+    def _add_spans(self, base: tuple[str, str], durations: list[int], routes: list[bytes], spans: list[Any],
+                   errors: list[int], now: float, result: IngestResult) -> None:
+        """Turn one resource's SERVER spans into per-route bin counts with a handful of numpy calls."""
+        try:
+            ns = np.asarray(durations, dtype=np.int64)
+        except OverflowError:  # uint64 timestamps whose difference leaves int64: invalid spans
+            ns = np.asarray([d if _INT64_MIN <= d <= _INT64_MAX else -1 for d in durations], dtype=np.int64)
+        n = ns.shape[0]
+        distinct = list(dict.fromkeys(routes)) if routes else [b""]
+        if len(distinct) == 1:
+            gid = np.zeros(n, dtype=np.intp)
         else:
-            result.reject("series_cap", len(spans))
+            index = {raw: i for i, raw in enumerate(distinct)}
+            gid = np.fromiter((index[raw] for raw in routes), dtype=np.intp, count=n)
+        groups = len(distinct)
+        valid = ns >= 0
+        invalid = n - int(np.count_nonzero(valid))
+        if invalid:
+            result.reject("negative_duration", invalid)
+        seconds = ns.astype(np.float64) * 1e-9
+        sketch_min = _MIN_POSITIVE
+        positive = valid & (seconds > sketch_min)
+        per_group = np.bincount(gid[valid], minlength=groups)
+        zeros = np.bincount(gid[valid & ~positive], minlength=groups)
+        err_counts = np.bincount(gid[errors], minlength=groups) if errors else None
+        # 2-D histogram: row = route, column = sketch key - lo
+        keys = self._keys_of(seconds[positive])
+        if keys.shape[0]:
+            lo = int(keys.min())
+            width = int(keys.max()) - lo + 1
+            flat = gid[positive] * width + (keys - lo)
+            table = np.bincount(flat, minlength=groups * width).reshape(groups, width).astype(np.float64)
+        else:
+            lo, table = 0, np.zeros((groups, 0))
+        order = np.lexsort((seconds, ~valid, gid))  # by route, valid first, then by latency
+        starts = np.concatenate(([0], np.cumsum(np.bincount(gid, minlength=groups))))
+        last_error: dict[int, int] = {}
+        for i in errors:
+            last_error[int(gid[i])] = i
+        for g, raw in enumerate(distinct):
+            count = int(per_group[g])
+            if count == 0:
+                continue
+            key = self._route_key(base, raw)
+            if key is None:
+                result.reject("label_too_long", count)
+                continue
+            segment = order[starts[g] : starts[g] + count]
+            candidates = _candidates(seconds, segment, spans)
+            err = last_error.get(g)
+            ok = self.store.add_counts(
+                key, lo, table[g], float(zeros[g]), float(count),
+                float(err_counts[g]) if err_counts is not None else 0.0,
+                candidates, now, spans[err].trace_id.hex() if err is not None else "",
+            )
+            if ok:
+                result.accepted += count
+            else:
+                result.reject("series_cap", count)
 
     # -- metrics -----------------------------------------------------------------------------------
 
@@ -332,7 +397,7 @@ class OtlpIngestor:
             if e.trace_id
         ]
         key = SeriesKey(base[0], base[1], label_value(route, "root") if route else "")
-        if self.store.add_sketch(key, sketch, errors, candidates, now):
+        if self.store.add_sketch(key, sketch, errors, candidates, now, requests=added):
             result.accepted += 1
         else:
             result.reject("series_cap")
@@ -429,17 +494,18 @@ def _point_count(metric: Any) -> int:
     return len(getattr(metric, kind).data_points) if kind else 0
 
 
-def _candidates(seconds: np.ndarray[Any, np.dtype[np.float64]], spans: list[Any]) -> list[Exemplar]:
-    """Requests of one batch at its upper quantiles: the pool a window's exemplar is chosen from."""
-    n = seconds.shape[0]
-    if n <= len(CANDIDATE_QUANTILES):
-        picks: Sequence[int] = range(n)
-    else:
-        ranks = sorted({min(n - 1, int(q * (n - 1) + 0.5)) for q in CANDIDATE_QUANTILES})
-        order = np.argpartition(seconds, ranks)
-        picks = [int(order[r]) for r in ranks]
+def _candidates(seconds: np.ndarray[Any, np.dtype[np.float64]], segment: np.ndarray[Any, Any],
+                spans: list[Any]) -> list[Exemplar]:
+    """Requests of one route at the batch's upper quantiles: the pool a window's exemplar comes from.
+
+    ``segment`` holds the batch indices of the route's valid spans, sorted by latency.
+    """
+    n = segment.shape[0]
+    ranks = range(n) if n <= len(CANDIDATE_QUANTILES) else sorted(
+        {min(n - 1, int(q * (n - 1) + 0.5)) for q in CANDIDATE_QUANTILES})
     out = []
-    for i in picks:
+    for r in ranks:
+        i = int(segment[r])
         trace_id = spans[i].trace_id
         if trace_id:
             out.append(Exemplar(float(seconds[i]), trace_id.hex()))

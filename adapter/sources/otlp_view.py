@@ -32,8 +32,7 @@ _KEEP: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (common_pb2.AnyValue, "AnyValue", ("string_value", "bool_value", "int_value", "double_value")),
     (common_pb2.KeyValue, "KeyValue", ("key", "value")),
     (resource_pb2.Resource, "Resource", ("attributes",)),
-    (trace_pb2.Status, "Status", ("code",)),
-    (trace_pb2.Span, "Span", ("trace_id", "kind", "start_time_unix_nano", "end_time_unix_nano",
+        (trace_pb2.Span, "Span", ("trace_id", "kind", "start_time_unix_nano", "end_time_unix_nano",
                               "attributes", "status")),
     (trace_pb2.ScopeSpans, "ScopeSpans", ("spans",)),
     (trace_pb2.ResourceSpans, "ResourceSpans", ("resource", "scope_spans")),
@@ -58,18 +57,22 @@ def _build() -> Any:
             if field.type == _TYPE.TYPE_ENUM:  # enums travel as varints; an int32 reads them the same
                 copy.type = _TYPE.TYPE_INT32
                 copy.ClearField("type_name")
-            elif field.type == _TYPE.TYPE_MESSAGE:
+            elif field.type == _TYPE.TYPE_MESSAGE and field.type_name.lstrip(".") in lean_names:
                 copy.type_name = lean_names[field.type_name.lstrip(".")]
         if name == "Span":
-            # repeated KeyValue attributes = 9  ->  map<string, AnyValue> attributes = 9
+            # repeated KeyValue attributes = 9  ->  map<string, bytes> attributes = 9: the value stays
+            # an encoded AnyValue, decoded once per distinct value instead of once per span.
             entry = lean.nested_type.add(name="AttributesEntry")
             entry.options.map_entry = True
             entry.field.add(name="key", number=1, type=_TYPE.TYPE_STRING, label=_TYPE.LABEL_OPTIONAL)
-            entry.field.add(name="value", number=2, type=_TYPE.TYPE_MESSAGE, label=_TYPE.LABEL_OPTIONAL,
-                            type_name=lean_names[common_pb2.AnyValue.DESCRIPTOR.full_name])
+            entry.field.add(name="value", number=2, type=_TYPE.TYPE_BYTES, label=_TYPE.LABEL_OPTIONAL)
             for f in lean.field:
                 if f.name == "attributes":
                     f.type_name = f".{PACKAGE}.Span.AttributesEntry"
+                elif f.name == "status":
+                    # Status stays encoded: empty for the usual unset status, decoded only when present.
+                    f.type = _TYPE.TYPE_BYTES
+                    f.ClearField("type_name")
         # drop oneofs that lost all their fields
         used = {f.oneof_index for f in lean.field if f.HasField("oneof_index")}
         if not used:
@@ -79,5 +82,6 @@ def _build() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.ExportTraceServiceRequest"))
 
 
-#: ``ExportTraceServiceRequest`` with only the fields the adapter reads and attributes as a map.
+#: ``ExportTraceServiceRequest`` with only the fields the adapter reads; ``Span.attributes`` is a map from
+#: key to encoded ``AnyValue`` bytes and ``Span.status`` is the encoded ``Status`` (empty when unset).
 LeanTraceRequest: Any = _build()
