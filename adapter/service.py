@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from .api.routes import build_api_app
 from .api.tls import ensure_self_signed, server_context
 from .config import Settings
 from .provider import MetricsProvider
-from .sources.otlp import build_otlp_app
+from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
 from .sources.otlp_ingest import OtlpIngestor
 from .store import WindowStore
 from .telemetry import Telemetry
@@ -75,7 +76,7 @@ class Service:
         api = await self._listen(build_api_app(self.provider, self.telemetry), s.api_port,
                                  server_context(pair))
         otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock),
-                                  s.otlp_port)
+                                  s.otlp_port, runner_options=OTLP_RUNNER_OPTIONS)
         ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready, self.clock),
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
@@ -89,8 +90,9 @@ class Service:
             "window_seconds": s.store.window_seconds, "slice_seconds": s.store.slice_seconds}})
         return self.ports
 
-    async def _listen(self, app: web.Application, port: int, ssl_context: object = None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _listen(self, app: web.Application, port: int, ssl_context: object = None,
+                      runner_options: dict[str, Any] | None = None) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, **(runner_options or {}))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
                            reuse_address=True, backlog=1024)

@@ -44,6 +44,10 @@ class ReceiverSettings:
 
 ingestor_key = web.AppKey("ingestor", OtlpIngestor)
 
+#: Options for the receiver's ``AppRunner``. aiohttp would otherwise gunzip request bodies itself,
+#: without our cap, before the handler could count or limit them; decompression is ours alone.
+OTLP_RUNNER_OPTIONS: dict[str, object] = {"auto_decompress": False}
+
 
 def _gunzip(data: bytes, cap: int) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
