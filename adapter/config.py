@@ -6,7 +6,8 @@ path and the bad value quoted (exit status 2), never later in the middle of the 
 errors too, because a typo (``window_second``) silently ignored is a default silently served.
 
 ```yaml
-store:  {window_seconds: 60, slice_seconds: 5, max_series: 10000, max_series_per_namespace: 2000}
+store:  {window_seconds: 60, slice_seconds: 5, refresh_seconds: 1, max_series: 10000,
+         max_series_per_namespace: 2000}
 otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_namespace: default,
          split_routes: true, max_label_length: 128}
 log_level: info

@@ -286,7 +286,7 @@ class OtlpIngestor:
             gid = np.zeros(n, dtype=np.intp)
         else:
             index = {raw: i for i, raw in enumerate(distinct)}
-            gid = np.fromiter((index[raw] for raw in routes), dtype=np.intp, count=n)
+            gid = np.fromiter(map(index.__getitem__, routes), dtype=np.intp, count=n)
         groups = len(distinct)
         valid = ns >= 0
         invalid = n - int(np.count_nonzero(valid))
