@@ -100,7 +100,8 @@ class MetricsProvider:
             cached = self._compute(namespace, metric, selector, tick, tick * refresh)
             self._cache[key] = cached
         if cached.error is not None:
-            raise cached.error
+            # A fresh exception per request: re-raising the cached one would grow its traceback forever.
+            raise NoData(str(cached.error))
         assert cached.reading is not None
         return cached.reading
 

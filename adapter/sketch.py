@@ -37,6 +37,13 @@ DEFAULT_RELATIVE_ACCURACY = 0.005
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Lower edge of an explicit histogram's first bucket, as a fraction of its upper bound, when the point
+#: carries no ``min``.
+FIRST_BUCKET_FLOOR = 1e-3
+#: Latencies the sketch accepts from histograms, in seconds: 1 ns to about 12 days. A bucket outside is
+#: a malformed point, not a reason to allocate millions of bins.
+LATENCY_RANGE = (1e-9, 1e6)
+
 
 class ArrayStore(Store):
     """A dense DDSketch store backed by one numpy array, sized exactly to ``[min_key, max_key]``.
@@ -290,14 +297,18 @@ def import_explicit_histogram(
     """
     if len(counts) != len(bounds) + 1:
         raise ValueError(f"explicit histogram has {len(bounds)} bounds but {len(counts)} counts")
+    if bounds and (bounds[-1] * scale > LATENCY_RANGE[1] or not math.isfinite(bounds[0])):
+        raise ValueError(f"explicit bounds reach {bounds[-1] * scale:.3g}s, beyond {LATENCY_RANGE[1]:g}s")
     added = 0.0
     edges = [b * scale for b in bounds]
     for i, c in enumerate(counts):
         if c <= 0:
             continue
         if i == 0:
-            lo = minimum * scale if minimum is not None else 0.0
             hi = edges[0] if edges else (maximum * scale if maximum is not None else 0.0)
+            # Without a min the bucket reaches down to 0; uniform density puts 0.1 % of it below
+            # hi/1000, so the spread starts there instead of at 1e-308 (70,000 bins for nothing).
+            lo = minimum * scale if minimum is not None else hi * FIRST_BUCKET_FLOOR
             lo = min(lo, hi)
         elif i == len(edges):
             lo = edges[-1]
@@ -340,6 +351,9 @@ def import_exponential_histogram(
     idx = nz + offset
     log2_lo = idx * log2_base + math.log2(unit_scale)
     log2_hi = log2_lo + log2_base
+    if log2_lo[0] < math.log2(LATENCY_RANGE[0]) or log2_hi[-1] > math.log2(LATENCY_RANGE[1]):
+        raise ValueError(f"exponential buckets span 2**{log2_lo[0]:.4g}s to 2**{log2_hi[-1]:.4g}s, "
+                         f"outside the latency range {LATENCY_RANGE[0]:g}s to {LATENCY_RANGE[1]:g}s")
     # sketch key k covers log2 range ((k-1-off)/mult, (k-off)/mult]
     k_lo = np.ceil(log2_lo * m._multiplier + m._offset).astype(np.int64)
     k_hi = np.ceil(log2_hi * m._multiplier + m._offset).astype(np.int64)

@@ -60,7 +60,7 @@ class StoreSettings:
 
 
 #: Exemplar candidates of a closed slice: latency and the raw 16-byte trace id, 24 bytes each.
-CANDIDATE_DTYPE = np.dtype([("seconds", np.float64), ("trace_id", "S16")])
+CANDIDATE_DTYPE = np.dtype([("seconds", np.float64), ("trace_id", "V16")])  # V: trailing zeros kept
 _NO_CANDIDATES = np.zeros(0, dtype=CANDIDATE_DTYPE)
 
 

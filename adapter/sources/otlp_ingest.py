@@ -25,6 +25,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +51,8 @@ from ..model import Exemplar, SeriesKey, label_value
 from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
 from ..store import WindowStore
 from .otlp_view import LeanTraceRequest
+
+log = logging.getLogger("adapter.otlp")
 
 SPAN_KIND_SERVER = 2
 STATUS_CODE_ERROR = 2
@@ -297,6 +301,8 @@ class OtlpIngestor:
         positive = valid & (seconds > sketch_min)
         per_group = np.bincount(gid[valid], minlength=groups)
         zeros = np.bincount(gid[valid & ~positive], minlength=groups)
+        if errors and invalid:
+            errors = [i for i in errors if valid[i]]  # a rejected span is not a failed request served
         err_counts = np.bincount(gid[errors], minlength=groups) if errors else None
         # 2-D histogram: row = route, column = sketch key - lo
         keys = self._keys_of(seconds[positive])
@@ -382,9 +388,10 @@ class OtlpIngestor:
                 added = self._explicit(identity, name, point_attrs, temporality, point, scale, sketch)
             else:
                 added = self._exponential(identity, name, point_attrs, temporality, point, scale, sketch)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             result.reject("malformed_point")
-            result.reasons.setdefault(f"malformed_point: {exc}"[:120], 0)
+            log.debug("malformed histogram point", extra={"fields": {
+                "event": "malformed_point", "metric": name, "detail": str(exc)[:200]}})
             return
         if added <= 0:
             result.accepted += 1  # a valid point that carried no new requests
@@ -425,6 +432,8 @@ class OtlpIngestor:
             raise ValueError(f"{len(bounds)} bounds but {counts.shape[0]} bucket counts")
         if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
             raise ValueError("explicit bounds are not increasing")
+        if bounds and not (math.isfinite(bounds[0]) and math.isfinite(bounds[-1])):
+            raise ValueError("explicit bounds must be finite")
         if temporality == TEMPORALITY_CUMULATIVE:
             key = (identity, name, tuple(sorted(point_attrs.items())), "explicit", tuple(bounds))
             prev = self._previous(key)
