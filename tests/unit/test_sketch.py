@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from adapter.sketch import (
     import_exponential_histogram,
     merged,
 )
+from tests.distributions import Generator, bimodal, lognormal, pareto, step_change
 from tests.helpers_otlp import explicit_counts, exponential_bucket_of, exponential_buckets
 
 ALPHA = DEFAULT_RELATIVE_ACCURACY
@@ -30,29 +30,14 @@ QUANTILES = (0.50, 0.95, 0.99)
 #: Prometheus client libraries' default buckets (seconds); +Inf is implicit.
 PROMETHEUS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-Generator = Callable[[np.random.Generator, int], np.ndarray]
 
 
-def lognormal(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.lognormal(math.log(0.080), 0.6, n)
 
 
-def bimodal(rng: np.random.Generator, n: int) -> np.ndarray:
-    """85 % cache hits around 15 ms, 15 % misses around 600 ms: p95 sits in the slow mode."""
-    slow = rng.random(n) < 0.15
-    return np.where(slow, rng.lognormal(math.log(0.600), 0.25, n), rng.lognormal(math.log(0.015), 0.25, n))
 
 
-def pareto(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Heavy tail: x_min 20 ms, shape 1.5."""
-    return 0.020 * (1.0 + rng.pareto(1.5, n))
 
 
-def step_change(rng: np.random.Generator, n: int) -> np.ndarray:
-    """The first half lognormal(80 ms), then lognormal(400 ms), both sigma 0.6."""
-    half = n // 2
-    fast = rng.lognormal(math.log(0.080), 0.6, half)
-    return np.concatenate([fast, rng.lognormal(math.log(0.400), 0.6, n - half)])
 
 
 DISTRIBUTIONS: dict[str, Generator] = {
