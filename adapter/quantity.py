@@ -3,10 +3,10 @@
 Why this module exists: an external metric's ``value`` is a ``resource.Quantity`` string, and the consumer
 is Go code. The HPA controller parses it with ``resource.ParseQuantity`` and compares
 ``Quantity.MilliValue()`` against its target. So the adapter must (a) never emit a string Go rejects
-(``NaN``, ``1e-07`` from ``repr(float)`` with a ``-`` sign in the wrong place, ...), and (b) not lose the
-milli precision the HPA reads: a p95 of 0.2143 s printed as ``"0.2"`` would move replica counts.
+(``nan``, ``inf``), and (b) not lose the milli precision the HPA reads: a p95 of 0.2143 s printed as
+``"0.2"`` or ``"214m"`` would move replica counts.
 
-:func:`format_quantity` is the hot path (one call per served value) and uses only int arithmetic.
+:func:`format_quantity` is the hot path (one call per served value), so it avoids Decimal.
 :func:`parse_quantity`, :func:`canonical_quantity` and :func:`milli_value` are a faithful model of
 ``k8s.io/apimachinery/pkg/api/resource`` (``quantity.go``, ``amount.go``, ``math.go``, ``scale_int.go``),
 quirks included, so tests can predict exactly what kubectl and the HPA make of a string without a Go
@@ -18,7 +18,9 @@ toolchain. Quirks that are deliberate here because Go has them:
   ``"1."`` and ``"1e3"`` are written back unchanged.
 * A decimal-SI value whose canonical exponent is above 18 prints with no suffix at all
   (``"1000E"`` -> ``"1"``), and exponents are ``int32`` that wrap.
-* ``MilliValue()`` rounds away from zero for negative values and wraps on int64 overflow.
+* ``MilliValue()`` rounds away from zero for negative values and wraps on int64 overflow. A mantissa of
+  more than 18 digits takes Go's ``inf.Dec`` path, where negative values round oddly (``"-0.0000000005"``
+  reads as +1 milli); :func:`format_quantity` never needs that many digits below 1e12.
 
 The kubectl JSON decoder trims surrounding whitespace before calling ``ParseQuantity``; these functions do
 not, they model ``ParseQuantity`` itself.
@@ -151,6 +153,10 @@ def _str_of(n: int) -> str:
 
 def _strip_tens(n: int) -> tuple[int, int]:
     """Move factors of ten out of ``n``: ``n == m * 10**k``. Zero stays ``(0, 0)``."""
+    if n.bit_length() > 256:  # count the zeros once instead of dividing a huge number again and again
+        digits = _str_of(abs(n))
+        k = len(digits) - len(digits.rstrip("0"))
+        return n // 10**k, k
     k = 0
     while n and n % 10 == 0:
         n //= 10
@@ -414,7 +420,9 @@ def _milli(q: _Quantity) -> int:
             if value % divisor:
                 quotient += 1 if value > 0 else -1
             return quotient
-        steps = scale + 3  # positiveScaleInt64
+        steps = _wrap32(scale + 3)  # positiveScaleInt64; Scale is an int32
+        if steps < 0:
+            return value  # wrapped around: Go's "for i := 0; i < steps" multiplies by nothing
         if steps in (0, 1, 2, 3, 6, 9):
             return _wrap64(value * 10**steps)  # int64MultiplyScale*: the wrapped product, ok ignored
         if steps >= 19:
