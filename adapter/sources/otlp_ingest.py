@@ -292,29 +292,39 @@ class OtlpIngestor:
             index = {raw: i for i, raw in enumerate(distinct)}
             gid = np.fromiter(map(index.__getitem__, routes), dtype=np.intp, count=n)
         groups = len(distinct)
-        valid = ns >= 0
-        invalid = n - int(np.count_nonzero(valid))
-        if invalid:
-            result.reject("negative_duration", invalid)
-        seconds = ns.astype(np.float64) * 1e-9
-        sketch_min = _MIN_POSITIVE
-        positive = valid & (seconds > sketch_min)
-        per_group = np.bincount(gid[valid], minlength=groups)
-        zeros = np.bincount(gid[valid & ~positive], minlength=groups)
-        if errors and invalid:
-            errors = [i for i in errors if valid[i]]  # a rejected span is not a failed request served
+        seconds = np.multiply(ns, 1e-9, dtype=np.float64)
+        positive = seconds > _MIN_POSITIVE
+        if positive.all():  # the usual batch: no invalid or zero durations, no masks needed
+            valid, invalid = None, 0
+            per_group = np.bincount(gid, minlength=groups)
+            zeros = None
+            keys = self._keys_of(seconds)
+            pos_gid = gid
+            order = np.lexsort((seconds, gid))  # by route, then by latency
+        else:
+            valid = ns >= 0
+            invalid = n - int(np.count_nonzero(valid))
+            if invalid:
+                result.reject("negative_duration", invalid)
+                if errors:
+                    errors = [i for i in errors if valid[i]]  # a rejected span is no failed request
+            per_group = np.bincount(gid[valid], minlength=groups)
+            zeros = np.bincount(gid[valid & ~positive], minlength=groups)
+            keys = self._keys_of(seconds[positive])
+            pos_gid = gid[positive]
+            order = np.lexsort((seconds, ~valid, gid))  # by route, valid first, then by latency
         err_counts = np.bincount(gid[errors], minlength=groups) if errors else None
         # 2-D histogram: row = route, column = sketch key - lo
-        keys = self._keys_of(seconds[positive])
         if keys.shape[0]:
             lo = int(keys.min())
             width = int(keys.max()) - lo + 1
-            flat = gid[positive] * width + (keys - lo)
-            table = np.bincount(flat, minlength=groups * width).reshape(groups, width).astype(np.float64)
+            flat = np.bincount(pos_gid * width + (keys - lo), minlength=groups * width)
+            table = flat.reshape(groups, width).astype(np.float64)
         else:
             lo, table = 0, np.zeros((groups, 0))
-        order = np.lexsort((seconds, ~valid, gid))  # by route, valid first, then by latency
-        starts = np.concatenate(([0], np.cumsum(np.bincount(gid, minlength=groups))))
+        starts = np.zeros(groups, dtype=np.intp)
+        np.cumsum(np.bincount(gid, minlength=groups)[:-1], out=starts[1:])
+        picks = _candidate_picks(order, starts, per_group)
         last_error: dict[int, int] = {}
         for i in errors:
             last_error[int(gid[i])] = i
@@ -326,11 +336,11 @@ class OtlpIngestor:
             if key is None:
                 result.reject("label_too_long", count)
                 continue
-            segment = order[starts[g] : starts[g] + count]
-            candidates = _candidates(seconds, segment, spans)
+            candidates = [Exemplar(float(seconds[i]), spans[i].trace_id.hex())
+                          for i in picks[g] if spans[i].trace_id]
             err = last_error.get(g)
             ok = self.store.add_counts(
-                key, lo, table[g], float(zeros[g]), float(count),
+                key, lo, table[g], float(zeros[g]) if zeros is not None else 0.0, float(count),
                 float(err_counts[g]) if err_counts is not None else 0.0,
                 candidates, now, spans[err].trace_id.hex() if err is not None else "",
             )
@@ -503,19 +513,16 @@ def _point_count(metric: Any) -> int:
     return len(getattr(metric, kind).data_points) if kind else 0
 
 
-def _candidates(seconds: np.ndarray[Any, np.dtype[np.float64]], segment: np.ndarray[Any, Any],
-                spans: list[Any]) -> list[Exemplar]:
-    """Requests of one route at the batch's upper quantiles: the pool a window's exemplar comes from.
+def _candidate_picks(order: np.ndarray[Any, Any], starts: np.ndarray[Any, Any],
+                     counts: np.ndarray[Any, Any]) -> list[list[int]]:
+    """Per route, the batch indices of its requests at the upper quantiles (p50, p90, p95, p99, max).
 
-    ``segment`` holds the batch indices of the route's valid spans, sorted by latency.
+    These are the pool a window's exemplar is chosen from. ``order`` sorts the batch by route, valid
+    spans first, then latency; ``starts`` is where each route begins in it and ``counts`` how many valid
+    spans it has. One vectorised lookup for all routes.
     """
-    n = segment.shape[0]
-    ranks = range(n) if n <= len(CANDIDATE_QUANTILES) else sorted(
-        {min(n - 1, int(q * (n - 1) + 0.5)) for q in CANDIDATE_QUANTILES})
-    out = []
-    for r in ranks:
-        i = int(segment[r])
-        trace_id = spans[i].trace_id
-        if trace_id:
-            out.append(Exemplar(float(seconds[i]), trace_id.hex()))
-    return out
+    q = np.asarray(CANDIDATE_QUANTILES)
+    last = np.maximum(counts - 1, 0)[:, None]
+    ranks = np.minimum((q[None, :] * last + 0.5).astype(np.intp), last)
+    picked = order[starts[:, None] + ranks].tolist()
+    return [list(dict.fromkeys(row)) if n else [] for row, n in zip(picked, counts.tolist(), strict=True)]

@@ -236,7 +236,8 @@ def _server_main(cpu: int, conn: Connection, bare: bool) -> None:
     _pin(cpu)
     from aiohttp import web
 
-    from adapter.sources.otlp import ReceiverSettings, build_otlp_app
+    from adapter.service import tune_gc
+    from adapter.sources.otlp import OTLP_RUNNER_OPTIONS, ReceiverSettings, build_otlp_app
     from adapter.sources.otlp_ingest import OtlpIngestor
     from adapter.store import WindowStore
     from adapter.telemetry import Telemetry
@@ -256,8 +257,10 @@ def _server_main(cpu: int, conn: Connection, bare: bool) -> None:
 
             app = web.Application(client_max_size=ReceiverSettings().max_body_bytes + 1)
             app.router.add_post("/v1/traces", handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)  # as adapter.service does
+        options = {} if bare else OTLP_RUNNER_OPTIONS
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, **options)  # as the service
         await runner.setup()
+        tune_gc()  # as adapter.service.serve does once listening
         site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True, backlog=1024)
         await site.start()
         server = site._server
