@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .model import Exemplar, SeriesKey
-from .sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch
+from .sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch, merged
 
 #: Exemplar candidates kept per slice; enough to cover a slice's upper tail at a fixed memory cost.
 CANDIDATES_PER_SLICE = 16
@@ -111,14 +111,7 @@ class Slice:
         self.bins = store.bins if store.length() else _EMPTY_BINS
         self.zeros = sketch.zero_count
         self.sketch = None
-        listed = self.candidates
-        if isinstance(listed, list) and listed:
-            packed = np.zeros(len(listed), dtype=CANDIDATE_DTYPE)
-            packed["seconds"] = [c.seconds for c in listed]
-            packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in listed]
-            self.candidates = packed
-        else:
-            self.candidates = _NO_CANDIDATES
+        self.candidates = self.packed_candidates()
 
     def parts(self) -> tuple[int, np.ndarray[Any, Any], float]:
         """(first key, bins, zero count), open or closed."""
@@ -128,14 +121,16 @@ class Slice:
         return self.offset, self.bins, self.zeros
 
     def packed_candidates(self) -> np.ndarray[Any, Any]:
-        if isinstance(self.candidates, list):
-            if not self.candidates:
-                return _NO_CANDIDATES
-            packed = np.zeros(len(self.candidates), dtype=CANDIDATE_DTYPE)
-            packed["seconds"] = [c.seconds for c in self.candidates]
-            packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in self.candidates]
-            return packed
-        return self.candidates
+        """The candidates as a ``CANDIDATE_DTYPE`` array (what a closed slice keeps)."""
+        listed = self.candidates
+        if not isinstance(listed, list):
+            return listed
+        if not listed:
+            return _NO_CANDIDATES
+        packed = np.zeros(len(listed), dtype=CANDIDATE_DTYPE)
+        packed["seconds"] = [c.seconds for c in listed]
+        packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in listed]
+        return packed
 
     def nbytes(self) -> int:
         """Bytes held: arrays plus measured object overheads (see ``_OVERHEAD``)."""
@@ -446,9 +441,7 @@ class WindowStore:
         if len(live) == 1 and not opened:
             sketch = live[0].window
         else:
-            sketch = LatencySketch(self.settings.relative_accuracy, np.float64)
-            for s in live:
-                sketch.merge_from(s.window)
+            sketch = merged([s.window for s in live], self.settings.relative_accuracy)
             for sl in opened.values():
                 offset, bins, zeros = sl.parts()
                 if bins.shape[0]:

@@ -126,7 +126,3 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
-
-def event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
-    """Log ``msg`` with structured ``fields`` that land as top-level keys of the JSON line."""
-    logger.log(level, msg, extra={"fields": {"event": msg.split(":")[0].replace(" ", "_"), **fields}})
