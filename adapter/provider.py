@@ -125,7 +125,7 @@ class MetricsProvider:
             metric=metric,
             value=value,
             timestamp=at,
-            window_seconds=int(view.seconds),
+            window_seconds=max(1, round(view.seconds)),
             labels=labels,
         )
         return _Cached(tick, reading, None)

@@ -161,13 +161,15 @@ class Series:
 
     __slots__ = ("covered_from", "key", "ring", "window", "window_count", "window_errors")
 
-    def __init__(self, key: SeriesKey, slots: int, relative_accuracy: float, first_slice: int) -> None:
+    def __init__(self, key: SeriesKey, slots: int, relative_accuracy: float, first_seen: float) -> None:
         self.key = key
         self.ring: list[Slice | None] = [None] * slots
         self.window = LatencySketch(relative_accuracy, np.float64)
         self.window_count = 0.0
         self.window_errors = 0.0
-        self.covered_from = first_slice
+        #: When the series' first data arrived: a rate over a series younger than the window divides by
+        #: its age, not by the whole window.
+        self.covered_from = first_seen
 
     def slices_in(self, first: int, last: int) -> list[Slice]:
         """The slices with ids in ``[first, last]`` that hold data."""
@@ -293,7 +295,7 @@ class WindowStore:
         current = max(current, self.epoch + 1)  # a clock that stepped back writes to the open slice
         series = self._series.get(key)
         if series is None:
-            series = self._admit(key, current)
+            series = self._admit(key, now)
             if series is None:
                 return None
         slot = current % len(series.ring)
@@ -302,7 +304,7 @@ class WindowStore:
             s = series.ring[slot] = Slice(current, self.settings.relative_accuracy)
         return s
 
-    def _admit(self, key: SeriesKey, current: int) -> Series | None:
+    def _admit(self, key: SeriesKey, now: float) -> Series | None:
         if len(self._series) >= self.settings.max_series:
             self.dropped["series_cap"] += 1
             return None
@@ -310,7 +312,7 @@ class WindowStore:
         if in_ns >= self.settings.max_series_per_namespace:
             self.dropped["namespace_series_cap"] += 1
             return None
-        series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, current)
+        series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, now)
         self._series[key] = series
         self._per_namespace[key.namespace] = in_ns + 1
         return series
@@ -451,17 +453,18 @@ class WindowStore:
         packed: list[np.ndarray[Any, Any]] = []
         error_trace = ""
         newest_error = -1
-        covered_from = open_id
+        slice_seconds = self.settings.slice_seconds
+        end = float(open_id * slice_seconds)
+        if now is not None:
+            end += min(max(now - end, 0.0), float(slice_seconds))
+        covered_from = end
         for s in live:
-            covered_from = min(covered_from, max(s.covered_from, first))
+            covered_from = min(covered_from, max(s.covered_from, first * slice_seconds))
             for sl in s.slices_in(first, open_id if now is not None else self.epoch):
                 packed.append(sl.packed_candidates())
                 if sl.error_trace_id and sl.slice_id > newest_error:
                     newest_error, error_trace = sl.slice_id, sl.error_trace_id
-        slice_seconds = self.settings.slice_seconds
-        seconds = float((open_id - covered_from) * slice_seconds)
-        if now is not None:
-            seconds += min(max(now - open_id * slice_seconds, 0.0), float(slice_seconds))
+        seconds = end - covered_from
         common = dict(live[0].key.labels())
         for s in live[1:]:
             other = s.key.labels()

@@ -125,13 +125,13 @@ async def test_values_over_time(client: TestClient[Any, Any], store: WindowStore
                                 schemas: Any) -> None:
     data = fill(store, clock)
     everything = data["cart"] + data["pay"]
-    clock.now += 3.0  # four closed slices covered since the data arrived
+    clock.now += 3.0  # the data arrived at T0 + 0.25; the tick is T0 + 4: 3.75 s covered
     status, doc = await get(client, value_path("shop", "request_rate", "workload=checkout"))
     assert status == 200, doc
     schemas.check("value_list", doc)
     [item] = doc["items"]
     assert item["window"] == 4 and item["timestamp"] == "2023-11-14T22:13:24Z", item
-    assert float(parse_quantity(item["value"])) == pytest.approx(len(everything) / 4, abs=1e-6)
+    assert float(parse_quantity(item["value"])) == pytest.approx(len(everything) / 3.75, abs=1e-6)
     assert item["metricLabels"] == {"workload": "checkout"}, item
 
     status, doc = await get(client, value_path("shop", "latency_p95_seconds", "workload=checkout"))

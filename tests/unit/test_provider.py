@@ -192,7 +192,7 @@ def test_reading_carries_labels_of_a_single_series_and_its_timestamp(
     assert reading.labels["workload"] == "checkout" and reading.labels["route"] == "cart_id"
     assert "trace_id" in reading.labels
     assert reading.timestamp == T0 + 7.0  # the start of the refresh tick the value was computed for
-    assert reading.window_seconds == 7  # 5 s closed + 2 s of the open slice
+    assert reading.window_seconds == 5  # from the first request (T0 + 2) to the tick (T0 + 7)
 
 
 def test_request_rate_is_count_over_the_covered_window(provider: MetricsProvider, store: WindowStore,

@@ -348,7 +348,7 @@ def test_view_seconds_counts_errors_and_newest_error_trace() -> None:
     view = view_now(store, T0 + 20.0)
     assert view is not None
     assert view.count == 400 and view.errors == 0 + 1 + 2 + 3
-    assert view.seconds == 20.0  # the series exists for 4 closed slices, not the full 60 s window
+    assert view.seconds == 19.0  # from its first request (T0 + 1) to the closed window's end, not 60 s
     assert view.error_trace_id == f"{4:032x}"  # the newest slice's failing request
     for i in range(4, 40):
         store.add_durations(KEY, np.full(100, 0.05), 0, [], T0 + 5 * i + 1)
@@ -534,11 +534,11 @@ def test_view_with_now_adds_the_open_slice_so_far() -> None:
     store.advance(T0 + 8.0)
     closed = store.view(store.all_series())
     assert closed is not None
-    assert (closed.count, closed.errors, closed.seconds) == (100, 0, 5.0)
+    assert (closed.count, closed.errors, closed.seconds) == (100, 0, 4.0)  # first request at T0 + 1
     live = store.view(store.all_series(), now=T0 + 8.0)
     assert live is not None
     assert (live.count, live.errors) == (130, 3)
-    assert live.seconds == pytest.approx(8.0)  # 5 s closed + 3 s of the open slice
+    assert live.seconds == pytest.approx(7.0)  # from the first request (T0 + 1) to now (T0 + 8)
     assert live.sketch.quantile(1.0) == pytest.approx(0.4, rel=1.01 * ALPHA)
     assert "ab" * 16 in {c.trace_id for c in live.candidates}
     assert closed.sketch.quantile(1.0) == pytest.approx(0.1, rel=1.01 * ALPHA)  # the closed view is untouched
