@@ -235,21 +235,14 @@ class OtlpIngestor:
         split_routes = self.settings.split_routes
         for resource_spans in request.resource_spans:
             # The per-span loop: only list appends and field reads; everything else is per batch.
-            durations: list[int] = []
-            routes: list[bytes] = []
             kept: list[Any] = []
-            errors: list[int] = []
             for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    if span.kind != SPAN_KIND_SERVER:
-                        result.ignored += 1
-                        continue
-                    if span.status and _is_error_status(span.status):
-                        errors.append(len(durations))
-                    if split_routes:
-                        routes.append(span.attributes.get("http.route", b""))
-                    durations.append(span.end_time_unix_nano - span.start_time_unix_nano)
-                    kept.append(span)
+                server = [span for span in scope_spans.spans if span.kind == SPAN_KIND_SERVER]
+                result.ignored += len(scope_spans.spans) - len(server)
+                kept += server
+            durations = [span.end_time_unix_nano - span.start_time_unix_nano for span in kept]
+            routes = [span.attributes.get("http.route", b"") for span in kept] if split_routes else []
+            errors = [i for i, span in enumerate(kept) if span.status and _is_error_status(span.status)]
             if not durations:
                 continue
             attrs, _ = _resource_identity(resource_spans.resource.attributes)
