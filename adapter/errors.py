@@ -56,6 +56,20 @@ class BadSelector(BadRequest):
     """A ``labelSelector`` that does not parse."""
 
 
+class Unauthorized(RequestError):
+    """No credential authenticated the request (the identity headers of an unverified client included)."""
+
+    reason = "Unauthorized"
+    code = 401
+
+
+class Forbidden(RequestError):
+    """Authenticated, but the delegated authorisation said no."""
+
+    reason = "Forbidden"
+    code = 403
+
+
 class MetricNotFound(RequestError):
     """The metric name is not one this adapter serves."""
 
