@@ -234,7 +234,7 @@ class OtlpIngestor:
         result = IngestResult()
         split_routes = self.settings.split_routes
         for resource_spans in request.resource_spans:
-            # The per-span loop: only list appends and field reads; everything else is per batch.
+            # Per span only field reads into lists; everything else is per batch (_add_spans).
             kept: list[Any] = []
             for scope_spans in resource_spans.scope_spans:
                 server = [span for span in scope_spans.spans if span.kind == SPAN_KIND_SERVER]
@@ -288,7 +288,6 @@ class OtlpIngestor:
         seconds = np.multiply(ns, 1e-9, dtype=np.float64)
         positive = seconds > _MIN_POSITIVE
         if positive.all():  # the usual batch: no invalid or zero durations, no masks needed
-            valid, invalid = None, 0
             per_group = np.bincount(gid, minlength=groups)
             zeros = None
             keys = self._keys_of(seconds)
@@ -332,8 +331,11 @@ class OtlpIngestor:
             candidates = [Exemplar(float(seconds[i]), spans[i].trace_id.hex())
                           for i in picks[g] if spans[i].trace_id]
             err = last_error.get(g)
+            row = table[g]
+            used = np.flatnonzero(row)  # trim to this route's own keys: a slice stays as narrow as its data
+            first, row = (int(used[0]), row[used[0] : used[-1] + 1]) if used.shape[0] else (0, row[:0])
             ok = self.store.add_counts(
-                key, lo, table[g], float(zeros[g]) if zeros is not None else 0.0, float(count),
+                key, lo + first, row, float(zeros[g]) if zeros is not None else 0.0, float(count),
                 float(err_counts[g]) if err_counts is not None else 0.0,
                 candidates, now, spans[err].trace_id.hex() if err is not None else "",
             )

@@ -774,3 +774,16 @@ def test_rejection_reasons_are_bounded_codes_with_counts() -> None:
                                                                              STARTED, STARTED + 1)]))
         assert all(count > 0 for count in result.reasons.values()), result.reasons
         assert set(result.reasons) == {"malformed_point"}
+
+
+def test_each_route_slice_holds_only_its_own_latency_range() -> None:
+    """Routes binned together in one batch must not widen each other's slices (memory per series)."""
+    ingestor = make()
+    fast = spans_of(np.full(50, 0.002), route="/fast")
+    slow = spans_of(np.full(50, 3.0), first=100, route="/slow")
+    result, _ = send_traces(ingestor, trace_request([(RESOURCE, [*fast, *slow])]))
+    assert result.accepted == 100
+    for series in ingestor.store.all_series():
+        [open_slice] = [s for s in series.ring if s is not None]
+        _, bins, _ = open_slice.parts()
+        assert bins.shape[0] == 1, (series.key, bins.shape)  # one latency value -> one sketch bin
