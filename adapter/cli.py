@@ -33,6 +33,11 @@ def _port(text: str) -> int:
     return value
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value, as Kubernetes' string-slice flags take it."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latency-adapter",
@@ -57,7 +62,28 @@ def _parser() -> argparse.ArgumentParser:
                             "<tmp>/latency-adapter/certs)")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve the API without authentication or authorisation (local development "
-                            "only; required until authentication is configured)")
+                            "only; logs a warning at start and every minute)")
+    sec = serve.add_argument_group(
+        "TLS, authentication and authorisation (the flags of every aggregated API server)")
+    sec.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM); re-read when it changes. "
+                     "Default: a self-signed one in --cert-dir")
+    sec.add_argument("--tls-private-key-file", type=Path, help="key of --tls-cert-file (PEM)")
+    sec.add_argument("--client-ca-file", type=Path,
+                     help="CA bundle for x509 client certificates (user = CN, groups = O)")
+    sec.add_argument("--requestheader-client-ca-file", type=Path,
+                     help="CA bundle of the aggregator's front-proxy client certificate")
+    sec.add_argument("--requestheader-allowed-names", type=_csv,
+                     help="comma-separated CNs the front-proxy certificate may have (empty: any)")
+    sec.add_argument("--requestheader-username-headers", type=_csv, help="default X-Remote-User")
+    sec.add_argument("--requestheader-group-headers", type=_csv, help="default X-Remote-Group")
+    sec.add_argument("--requestheader-extra-headers-prefix", type=_csv, help="default X-Remote-Extra-")
+    sec.add_argument("--authentication-kubeconfig", type=Path,
+                     help="kubeconfig for TokenReview and the authentication ConfigMap (default: in-cluster)")
+    sec.add_argument("--authorization-kubeconfig", type=Path,
+                     help="kubeconfig for SubjectAccessReview (default: in-cluster)")
+    sec.add_argument("--authorization-always-allow-paths", type=_csv, default=None,
+                     help="comma-separated paths served without authorisation (default "
+                          "/healthz,/readyz,/livez)")
     serve.add_argument("--demo", action="store_true",
                        help="also run the demo traffic generator against this adapter's OTLP port")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=None)
@@ -90,18 +116,24 @@ def _serve(args: argparse.Namespace) -> int:
         "bind": args.bind, "api_port": args.api_port, "otlp_port": args.otlp_port,
         "telemetry_port": args.telemetry_port, "cert_dir": args.cert_dir, "log_level": args.log_level,
     }
+    security = {
+        name: getattr(args, name) for name in (
+            "tls_cert_file", "tls_private_key_file", "client_ca_file", "requestheader_client_ca_file",
+            "requestheader_allowed_names", "requestheader_username_headers", "requestheader_group_headers",
+            "requestheader_extra_headers_prefix", "authentication_kubeconfig", "authorization_kubeconfig",
+            "authorization_always_allow_paths")
+        if getattr(args, name) is not None
+    }
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
-                                   insecure_no_auth=args.insecure_no_auth, demo=args.demo)
+                                   insecure_no_auth=args.insecure_no_auth, demo=args.demo,
+                                   security=dataclasses.replace(settings.security, **security))
     setup_logging(settings.log_level)
-    if not settings.insecure_no_auth:
-        log.error("refusing to start: authentication is not configured",
-                  extra={"fields": {"event": "refused_start"}})
-        print("latency-adapter: refusing to serve the external metrics API without authentication. "
-              "Authentication and authorisation are not configured in this version; for local "
-              "development pass --insecure-no-auth.", file=sys.stderr)
-        return EXIT_USAGE
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        log.error("cannot start", extra={"fields": {"event": "start_failed", "error": str(exc)}})
+        print(f"latency-adapter: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         log.error("cannot start", extra={"fields": {"event": "start_failed", "error": str(exc)}})
         print(f"latency-adapter: cannot start: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .api.security import SecuritySettings
 from .errors import ConfigError
 from .sources.otlp import ReceiverSettings
 from .sources.otlp_ingest import IngestSettings
@@ -47,6 +48,7 @@ class Settings:
     insecure_no_auth: bool = False
     log_level: str = "info"
     demo: bool = False
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)

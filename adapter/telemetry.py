@@ -83,6 +83,12 @@ class Telemetry:
             "External metrics API request duration by route and HTTP status code.",
             ["route", "code"], buckets=API_BUCKETS, registry=r,
         )
+        self.api_rejected = Counter(
+            "latency_adapter_api_rejected",
+            "External metrics API requests answered with an error, by Status reason "
+            "(Unauthorized, Forbidden, NotFound, BadRequest, ServiceUnavailable, ...).",
+            ["reason"], registry=r,
+        )
         self.store_dropped = Counter(
             "latency_adapter_series_dropped",
             "Samples dropped because a series cap was reached, by cap.", ["cap"], registry=r,

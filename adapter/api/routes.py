@@ -25,6 +25,7 @@ from ..provider import MetricsProvider
 from ..selector import parse_selector
 from ..telemetry import Telemetry
 from . import wire
+from .guard import RequestGuard
 
 log = logging.getLogger("adapter.api")
 
@@ -44,9 +45,11 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 class ApiHandlers:
     """The handlers, with the caches of static documents and rendered values they share."""
 
-    def __init__(self, provider: MetricsProvider, telemetry: Telemetry) -> None:
+    def __init__(self, provider: MetricsProvider, telemetry: Telemetry, guard: RequestGuard | None) -> None:
         self.provider = provider
         self.telemetry = telemetry
+        #: None only with --insecure-no-auth: then nobody is asked who they are.
+        self.guard = guard
         self._group_list = wire.api_group_list()
         self._group = wire.api_group()
         self._resources = wire.api_resource_list(provider.metric_names())
@@ -71,16 +74,26 @@ class ApiHandlers:
             log.error("api request failed", exc_info=exc, extra={"fields": {
                 "event": "api_error", "path": request.path_qs[:512]}})
         self.telemetry.api_requests.labels(route, str(code)).observe(time.perf_counter() - started)
+        self.telemetry.api_rejected.labels(reason).inc()
         return web.Response(status=code, body=wire.status(code, reason, message), content_type=JSON)
 
+    async def _discovery(self, request: web.Request, route: str, body: bytes) -> web.Response:
+        started = time.perf_counter()
+        try:
+            if self.guard is not None:
+                await self.guard.authenticate(request)
+        except Exception as exc:
+            return self._fail(request, route, started, exc)
+        return self._respond(route, started, body)
+
     async def group_list(self, request: web.Request) -> web.Response:
-        return self._respond("discovery", time.perf_counter(), self._group_list)
+        return await self._discovery(request, "discovery", self._group_list)
 
     async def group(self, request: web.Request) -> web.Response:
-        return self._respond("discovery", time.perf_counter(), self._group)
+        return await self._discovery(request, "discovery", self._group)
 
     async def resources(self, request: web.Request) -> web.Response:
-        return self._respond("resources", time.perf_counter(), self._resources)
+        return await self._discovery(request, "resources", self._resources)
 
     async def value(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -93,6 +106,8 @@ class ApiHandlers:
                 raise NotFoundPath(f"metric {quote(metric)} is not a valid metric name")
             # client-go lower-cases metric names; accept any case, serve lower-case.
             metric = metric.lower()
+            if self.guard is not None:
+                await self.guard.check_value(request, metric, namespace)
             raw_selector = request.query.get("labelSelector", "")
             selector = parse_selector(raw_selector)
             reading = self.provider.reading(namespace, metric, selector)
@@ -132,9 +147,11 @@ def add_routes(app: web.Application, handlers: ApiHandlers) -> None:
     app.router.add_route("*", "/{tail:.*}", handlers.fallback)
 
 
-def build_api_app(provider: MetricsProvider, telemetry: Telemetry) -> web.Application:
+def build_api_app(provider: MetricsProvider, telemetry: Telemetry,
+                  guard: RequestGuard | None = None) -> web.Application:
+    """The API application; ``guard`` None serves everyone (``--insecure-no-auth`` only)."""
     app = web.Application(handler_args={"max_field_size": 16384})
     app[provider_key] = provider
     app[telemetry_key] = telemetry
-    add_routes(app, ApiHandlers(provider, telemetry))
+    add_routes(app, ApiHandlers(provider, telemetry, guard))
     return app
