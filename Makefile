@@ -38,6 +38,9 @@ test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || echo "note: wrk is missing; the API benchmark is skipped"; }
 	$(BIN)/python -m tests.benchmarks
 
 clean:
