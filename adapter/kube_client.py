@@ -1,0 +1,252 @@
+""":class:`~adapter.kube.ClusterAPI` implemented with the official ``kubernetes`` Python client.
+
+Why the official client: it reads kubeconfig files (certificates, tokens, exec plugins) and in-cluster
+service-account credentials (and re-reads the rotating token) exactly like every other Kubernetes tool,
+so the adapter does not carry its own copy of that logic. Its costs are handled here:
+
+* It blocks. Every call runs in a worker thread (:func:`asyncio.to_thread`) so the event loop that serves
+  the HPA keeps serving while the API server answers.
+* It has global state. The configuration is loaded into a fresh ``Configuration`` object owned by this
+  instance, never into the process-wide default, so two instances (authentication and authorisation
+  kubeconfigs may differ) and the tests never see each other's settings.
+* Its failures are many types (``ApiException``, urllib3 errors, ``OSError``, model validation errors).
+  Callers get one :class:`~adapter.kube.ClusterAPIError` with a short message. Messages never contain the
+  reviewed token, and a failed token review does not chain the client's exception (whose text may hold
+  the response body, which echoes the token).
+* urllib3 retries by default, which would multiply the timeout. Retries are off: one attempt, bounded by
+  ``timeout_seconds``; the callers cache decisions and decide what a failure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from adapter.kube import (
+    AccessDecision,
+    AccessRequest,
+    ClusterAPIError,
+    TokenReviewResult,
+    UserInfo,
+)
+
+T = TypeVar("T")
+
+#: Longest API-server ``Status`` message copied into an error (they can be long; logs should not be).
+_MAX_DETAIL = 200
+#: Extra time the event loop waits for the worker thread beyond the HTTP timeout before giving up on it.
+_THREAD_GRACE_SECONDS = 1.0
+
+
+class KubernetesClusterAPI:
+    """The adapter's calls to a real API server, through the ``kubernetes`` client, off the event loop."""
+
+    def __init__(self, api_client: k8s.ApiClient, timeout_seconds: float = 5.0) -> None:
+        """Wrap an existing ``kubernetes.client.ApiClient``; most callers want :meth:`from_kubeconfig`."""
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        self._api_client = api_client
+        self._timeout = float(timeout_seconds)
+        self._core = k8s.CoreV1Api(api_client)
+        self._authn = k8s.AuthenticationV1Api(api_client)
+        self._authz = k8s.AuthorizationV1Api(api_client)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None, timeout_seconds: float = 5.0) -> KubernetesClusterAPI:
+        """Load ``path`` (its current context), or the in-cluster service account when ``path`` is None.
+
+        Raises :class:`ClusterAPIError` when the configuration cannot be loaded (missing file, not in a
+        pod), so a bad flag fails the start with one clear line instead of a client traceback.
+        """
+        configuration = k8s.Configuration()
+        try:
+            if path is None:
+                # The config loaders are not annotated upstream.
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+            else:
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path, client_configuration=configuration, persist_config=False)
+        except Exception as exc:
+            source = "in-cluster config" if path is None else f"kubeconfig {path}"
+            raise ClusterAPIError(f"cannot load {source}: {_one_line(str(exc))}") from exc
+        # One attempt per call: the timeout is then a real bound, and callers own retry policy.
+        configuration.retries = 0
+        return cls(k8s.ApiClient(configuration=configuration), timeout_seconds)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self._timeout
+
+    def close(self) -> None:
+        """Close the client's connection pool (idempotent)."""
+        self._api_client.close()  # type: ignore[no-untyped-call]  # not annotated upstream
+
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
+        """The ``data`` of ConfigMap ``namespace/name`` (``{}`` when it has none)."""
+
+        def call() -> dict[str, str]:
+            cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=self._timeout)
+            return dict(cm.data or {})
+
+        return await self._run(f"read configmap {namespace}/{name}", call)
+
+    async def review_token(self, token: str, audiences: tuple[str, ...] = ()) -> TokenReviewResult:
+        """Ask the API server who ``token`` belongs to (``authentication.k8s.io/v1`` TokenReview).
+
+        An unknown or expired token is an answer (``authenticated=False``), not an error; only a failed
+        call raises :class:`ClusterAPIError`.
+        """
+        body = k8s.V1TokenReview(
+            api_version="authentication.k8s.io/v1",
+            kind="TokenReview",
+            spec=k8s.V1TokenReviewSpec(token=token, audiences=list(audiences) or None),
+        )
+
+        def call() -> TokenReviewResult:
+            review = self._authn.create_token_review(body, _request_timeout=self._timeout)
+            status = review.status
+            if status is None:
+                return TokenReviewResult(authenticated=False, error="token review without status")
+            authenticated = bool(status.authenticated)
+            error = status.error or ""
+            if not authenticated:
+                return TokenReviewResult(authenticated=False, error=_redact(error, token))
+            user = _user_from(status.user)
+            if user is None:
+                return TokenReviewResult(authenticated=False, error="token review without a user")
+            return TokenReviewResult(authenticated=True, user=user, error=_redact(error, token))
+
+        return await self._run("token review", call, secret=token)
+
+    async def review_access(self, request: AccessRequest) -> AccessDecision:
+        """Ask the API server whether ``request.user`` may do it (``authorization.k8s.io/v1`` SAR)."""
+        user = request.user
+        body = k8s.V1SubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SubjectAccessReview",
+            spec=k8s.V1SubjectAccessReviewSpec(
+                resource_attributes=k8s.V1ResourceAttributes(
+                    verb=request.verb,
+                    group=request.group,
+                    resource=request.resource,
+                    # Empty means "not set" in the API (omitempty); send nothing rather than "".
+                    namespace=request.namespace or None,
+                    name=request.name or None,
+                ),
+                user=user.username,
+                uid=user.uid or None,
+                groups=list(user.groups) or None,
+                extra={k: list(v) for k, v in user.extra.items()} or None,
+            ),
+        )
+
+        def call() -> AccessDecision:
+            review = self._authz.create_subject_access_review(body, _request_timeout=self._timeout)
+            status = review.status
+            if status is None:
+                return AccessDecision(allowed=False, evaluation_error="access review without status")
+            return AccessDecision(
+                allowed=bool(status.allowed),
+                denied=bool(status.denied),
+                reason=status.reason or "",
+                evaluation_error=status.evaluation_error or "",
+            )
+
+        what = f"access review ({request.verb} {request.group}/{request.resource} in {request.namespace!r})"
+        return await self._run(what, call)
+
+    async def _run(self, what: str, call: Callable[[], T], secret: str = "") -> T:
+        """Run ``call`` in a thread; turn every failure into a short, secret-free :class:`ClusterAPIError`.
+
+        The outer ``wait_for`` is a backstop for anything the HTTP timeout does not cover; the thread
+        itself cannot be interrupted and finishes in the background.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(call), self._timeout + _THREAD_GRACE_SECONDS)
+        except ClusterAPIError:
+            raise
+        except TimeoutError:
+            message = f"{what}: no answer within {self._timeout:g}s"
+            raise ClusterAPIError(message) from None
+        except Exception as exc:
+            message = _redact(f"{what}: {_describe(exc, self._timeout)}", secret)
+            if secret:
+                # The client's exception text may include the response body, which echoes the token.
+                raise ClusterAPIError(message) from None
+            raise ClusterAPIError(message) from exc
+
+
+def _user_from(user: k8s.V1UserInfo | None) -> UserInfo | None:
+    """A :class:`UserInfo` from a ``V1UserInfo`` (None when it names nobody)."""
+    if user is None or not user.username:
+        return None
+    return UserInfo(
+        username=user.username,
+        uid=user.uid or "",
+        groups=tuple(user.groups or ()),
+        extra={key: tuple(values or ()) for key, values in (user.extra or {}).items()},
+    )
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    """One short line about why a call failed, without response bodies (they may echo the request)."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        if status == 0:  # the client wraps TLS failures as status 0 with "SSLError\n<text>"
+            return f"TLS failure talking to the API server: {_short(str(exc.reason or ''))}"
+        detail = _status_message(exc.body)
+        reason = str(exc.reason or "").strip()
+        line = f"API server answered {status}{' ' + reason if reason else ''}"
+        return f"{line}: {detail}" if detail else line
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return _describe(exc.reason, timeout)
+    # Before the timeouts: urllib3's NewConnectionError (refused, no route, DNS) subclasses its
+    # ConnectTimeoutError for historical reasons.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
+        return f"cannot connect to the API server ({_short(str(exc).rsplit(': ', 1)[-1])})"
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return f"TLS failure talking to the API server: {_short(str(exc))}"
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return f"connection to the API server failed ({type(exc).__name__})"
+    # Anything else (e.g. a malformed answer the client could not deserialise): the type is enough; its
+    # text may quote the data.
+    return f"unexpected {type(exc).__name__}"
+
+
+def _status_message(body: Any) -> str:
+    """The ``message`` of a ``Status`` body, shortened; empty when the body is not a ``Status``."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(document, dict) or document.get("kind") != "Status":
+        return ""
+    return _short(str(document.get("message") or ""))
+
+
+def _short(text: str) -> str:
+    text = _one_line(text)
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines)
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "<redacted>") if secret else text
