@@ -260,7 +260,14 @@ class FakeKubeAPI:
             return
         if self._stopping is not None:
             self._stopping.set()
+        server = runner.server
+        transports = [handler.transport for handler in server.connections] if server else []
         await runner.cleanup()
+        # A TLS close waits for the peer's close_notify, which a client that already went away never
+        # sends; drop what is left so nothing outlives the loop (like a killed API server would).
+        for transport in transports:
+            if transport is not None:
+                transport.abort()
 
     def stop(self) -> Awaitable[None]:
         """Stop listening (connections are refused until started again).
