@@ -32,12 +32,15 @@ MAX_CACHED_CERTS = 1024
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    kind: CertKind | None
+    """A verified client certificate: which CA bundles issued it (both, when they share a CA) and names."""
+
+    front_proxy: bool
+    client_ca: bool
     cn: str | None
     orgs: tuple[str, ...]
 
 
-_ANONYMOUS = PeerIdentity(None, None, ())
+_ANONYMOUS = PeerIdentity(False, False, None, ())
 
 
 class RequestGuard:
@@ -61,24 +64,39 @@ class RequestGuard:
         if known is not None:
             return known
         cert = x509.load_der_x509_certificate(der)
-        kind: CertKind | None = None
-        if self.tls.requestheader_cas and issued_by(cert, self.tls.requestheader_cas):
-            kind = "front-proxy"
-        elif self.tls.client_cas and issued_by(cert, self.tls.client_cas):
-            kind = "client-ca"
+        front = bool(self.tls.requestheader_cas) and issued_by(cert, self.tls.requestheader_cas)
+        client = bool(self.tls.client_cas) and issued_by(cert, self.tls.client_cas)
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        identity = PeerIdentity(kind, str(cns[0].value) if cns else None, tuple(str(o.value) for o in orgs))
+        identity = PeerIdentity(front, client, str(cns[0].value) if cns else None,
+                                tuple(str(o.value) for o in orgs))
         self._peers[der] = identity
         if len(self._peers) > MAX_CACHED_CERTS:
             self._peers.popitem(last=False)
         return identity
 
+    def _kind(self, peer: PeerIdentity, request: web.Request) -> CertKind | None:
+        """How the certificate authenticates, in kube-apiserver's union order.
+
+        Request-header authentication first, when it applies (front-proxy CA, allowed CN, a username
+        header); otherwise x509 when the client CA issued the certificate. When both bundles hold the
+        same CA, a certificate that is not an allowed front proxy is an ordinary x509 client.
+        """
+        if peer.front_proxy:
+            settings = self.authenticator.settings
+            allowed = settings.requestheader_allowed_names
+            if (not allowed or peer.cn in allowed) and any(
+                    request.headers.get(h) for h in settings.requestheader_username_headers):
+                return "front-proxy"
+        if peer.client_ca:
+            return "client-ca"
+        return "front-proxy" if peer.front_proxy else None
+
     async def authenticate(self, request: web.Request) -> UserInfo:
         peer = self.peer(request)
         return await self.authenticator.authenticate(
-            cert_cn=peer.cn, cert_orgs=peer.orgs, cert_kind=peer.kind, headers=request.headers,
-            authorization=request.headers.get("Authorization"),
+            cert_cn=peer.cn, cert_orgs=peer.orgs, cert_kind=self._kind(peer, request),
+            headers=request.headers, authorization=request.headers.get("Authorization"),
         )
 
     async def check_value(self, request: web.Request, metric: str, namespace: str) -> UserInfo:
