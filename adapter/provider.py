@@ -82,6 +82,13 @@ class MetricsProvider:
         """Every metric name this adapter can serve; listed even before any data arrives."""
         return sorted(METRIC_HELP)
 
+    def tick_time(self) -> float:
+        """Start of the current refresh tick: the timestamp of every value computed in it."""
+        now = self._clock()
+        self.store.advance(now)
+        refresh = self.store.settings.refresh_seconds
+        return math.floor(now / refresh) * refresh
+
     def reading(self, namespace: str, metric: str, selector: Selector) -> Reading:
         if metric not in METRIC_HELP:
             raise MetricNotFound(

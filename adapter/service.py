@@ -24,8 +24,7 @@ from aiohttp import web
 
 from .api.ops import build_ops_app
 from .api.routes import build_api_app
-from .api.security import SecureParts, build_secure
-from .api.tls import ensure_self_signed, server_context
+from .api.security import SecureParts, build_secure, build_tls
 from .config import Settings
 from .provider import MetricsProvider
 from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
@@ -75,24 +74,21 @@ class Service:
     async def start(self) -> BoundPorts:
         """Bind every listener and start the background tasks; raises ConfigError for bad security flags."""
         s = self.settings
+        guard = None
         if s.insecure_no_auth:
-            pair = ensure_self_signed(s.cert_dir)
-            log.info("tls certificate", extra={"fields": {
-                "event": "tls_certificate", "cert_file": str(pair.cert_file), "generated": pair.generated,
-                "self_signed": True}})
-            api_app = build_api_app(self.provider, self.telemetry)
-            context = server_context(pair)
+            tls = build_tls(s.security, s.cert_dir)
         else:
             self.secure = await build_secure(s.security, s.cert_dir)
-            cert = self.secure.tls.serving_certificate
-            log.info("tls certificate", extra={"fields": {
-                "event": "tls_certificate", "subject": cert.subject.rfc4514_string(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "cert_file": str(s.security.tls_cert_file or s.cert_dir),
-                "self_signed": s.security.tls_cert_file is None}})
-            api_app = build_api_app(self.provider, self.telemetry, self.secure.guard)
-            context = self.secure.tls.context
-            self._tasks.append(asyncio.create_task(self.secure.tls.watch(), name="tls-watch"))
+            tls, guard = self.secure.tls, self.secure.guard
+        cert = tls.serving_certificate
+        log.info("tls certificate", extra={"fields": {
+            "event": "tls_certificate", "subject": cert.subject.rfc4514_string(),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "cert_file": str(s.security.tls_cert_file or s.cert_dir),
+            "self_signed": s.security.tls_cert_file is None}})
+        api_app = build_api_app(self.provider, self.telemetry, guard)
+        context = tls.context
+        self._tasks.append(asyncio.create_task(tls.watch(), name="tls-watch"))
         api = await self._listen(api_app, s.api_port, context)
         otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock),
                                   s.otlp_port, runner_options=OTLP_RUNNER_OPTIONS)

@@ -53,7 +53,7 @@ class ApiHandlers:
         self._group_list = wire.api_group_list()
         self._group = wire.api_group()
         self._resources = wire.api_resource_list(provider.metric_names())
-        self._rendered: dict[tuple[str, str, str], tuple[Reading, bytes]] = {}
+        self._rendered: dict[str, tuple[Reading, bytes]] = {}
         self._observe = {
             route: telemetry.api_requests.labels(route, "200")
             for route in ("discovery", "resources", "value")
@@ -108,16 +108,19 @@ class ApiHandlers:
             metric = metric.lower()
             if self.guard is not None:
                 await self.guard.check_value(request, metric, namespace)
-            raw_selector = request.query.get("labelSelector", "")
-            selector = parse_selector(raw_selector)
-            reading = self.provider.reading(namespace, metric, selector)
-            key = (namespace, metric, raw_selector)
+            # Fast path: the same URL within the same refresh tick gets the same bytes; no query parsing,
+            # no selector, no provider lookup. Authorisation above has already run for this request.
+            key = request.raw_path
+            tick_time = self.provider.tick_time()
             rendered = self._rendered.get(key)
-            if rendered is None or rendered[0] is not reading:
-                if len(self._rendered) >= MAX_RENDERED:
-                    self._rendered.clear()
-                rendered = (reading, wire.external_metric_value_list(reading))
-                self._rendered[key] = rendered
+            if rendered is not None and rendered[0].timestamp == tick_time:
+                return self._respond("value", started, rendered[1])
+            selector = parse_selector(request.query.get("labelSelector", ""))
+            reading = self.provider.reading(namespace, metric, selector)
+            if len(self._rendered) >= MAX_RENDERED:
+                self._rendered.clear()
+            rendered = (reading, wire.external_metric_value_list(reading))
+            self._rendered[key] = rendered
             return self._respond("value", started, rendered[1])
         except Exception as exc:
             return self._fail(request, "value", started, exc)

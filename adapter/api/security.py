@@ -94,6 +94,22 @@ def _write_pem(cert_dir: Path, name: str, pem: str) -> Path:
     return path
 
 
+def build_tls(flags: SecuritySettings, cert_dir: Path, client_ca: Path | None = None,
+              front_proxy_ca: Path | None = None) -> ServingTLS:
+    """The serving TLS of the API: the given pair (re-read when it changes) or a self-signed one."""
+    if (flags.tls_cert_file is None) != (flags.tls_private_key_file is None):
+        missing = "--tls-private-key-file" if flags.tls_private_key_file is None else "--tls-cert-file"
+        raise ConfigError(missing, "", "--tls-cert-file and --tls-private-key-file go together")
+    try:
+        if flags.tls_cert_file is not None and flags.tls_private_key_file is not None:
+            return ServingTLS(flags.tls_cert_file, flags.tls_private_key_file, client_ca_file=client_ca,
+                              requestheader_client_ca_file=front_proxy_ca)
+        return ServingTLS.from_pair(ensure_self_signed(cert_dir), client_ca_file=client_ca,
+                                    requestheader_client_ca_file=front_proxy_ca)
+    except TLSFileError as exc:
+        raise ConfigError("--tls-cert-file", str(flags.tls_cert_file or cert_dir), str(exc)) from exc
+
+
 @dataclass
 class SecureParts:
     tls: ServingTLS
@@ -143,18 +159,7 @@ async def build_secure(flags: SecuritySettings, cert_dir: Path) -> SecureParts:
         raise ConfigError("--client-ca-file", "", "no way to authenticate anyone: give --client-ca-file "
                           "or --requestheader-client-ca-file, or --authentication-kubeconfig "
                           "(or run in-cluster)")
-    if (flags.tls_cert_file is None) != (flags.tls_private_key_file is None):
-        missing = "--tls-private-key-file" if flags.tls_private_key_file is None else "--tls-cert-file"
-        raise ConfigError(missing, "", "--tls-cert-file and --tls-private-key-file go together")
-    try:
-        if flags.tls_cert_file is not None and flags.tls_private_key_file is not None:
-            tls = ServingTLS(flags.tls_cert_file, flags.tls_private_key_file, client_ca_file=client_ca,
-                             requestheader_client_ca_file=front_proxy_ca)
-        else:
-            tls = ServingTLS.from_pair(ensure_self_signed(cert_dir), client_ca_file=client_ca,
-                                       requestheader_client_ca_file=front_proxy_ca)
-    except TLSFileError as exc:
-        raise ConfigError("--tls-cert-file", str(flags.tls_cert_file or cert_dir), str(exc)) from exc
+    tls = build_tls(flags, cert_dir, client_ca, front_proxy_ca)
     token_api: ClusterAPI = authn_api if authn_api is not None else _NoTokenReview()
     guard = RequestGuard(tls, Authenticator(token_api, settings), Authorizer(authz_api, settings))
     log.info("authentication and authorisation", extra={"fields": {
