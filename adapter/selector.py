@@ -42,6 +42,8 @@ Deliberate differences from Go, all of them stricter or invisible to callers:
   only, with an unstable sort, and keeps duplicates). The AND of a set does not depend on order or
   repetition, and a canonical form makes equal selectors compare and print equal.
 * ``==`` is normalised to ``=``, which means the same thing.
+
+Length: about 510 lines: a faithful port of the Go lexer and parser with positioned error messages.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ present one that verifies). Files rotated on disk (cert-manager, kubelet secret 
 Python 3.11's ``ssl`` cannot say which trust anchor verified a client chain, so
 :func:`verified_peer_certificate` and :func:`issued_by` let the authenticator tell a front-proxy
 certificate (issued by the request-header CA) from a client-CA certificate.
+
+Length: about 550 lines, one job (the listener's certificates): serving pair, client CA bundles, rotation
+with validation, and attribution of a verified client certificate belong together.
 """
 
 from __future__ import annotations

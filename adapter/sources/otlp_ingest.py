@@ -18,6 +18,9 @@ point a delta from zero. The first point of a stream that started before this pr
 
 Series key (DESIGN section 6): ``k8s.namespace.name`` (else the configured default namespace), workload
 ``k8s.deployment.name`` else ``service.name``, and ``http.route`` when route splitting is on.
+
+Length: about 520 lines; spans and histograms share the series keys, limits and rejection
+accounting. Split the histogram import out when a third signal arrives.
 """
 
 from __future__ import annotations
