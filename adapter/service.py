@@ -80,6 +80,7 @@ class Service:
         else:
             self.secure = await build_secure(s.security, s.cert_dir)
             tls, guard = self.secure.tls, self.secure.guard
+            self.telemetry.watch_security(self.secure)
         cert = tls.serving_certificate
         log.info("tls certificate", extra={"fields": {
             "event": "tls_certificate", "subject": cert.subject.rfc4514_string(),

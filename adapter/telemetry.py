@@ -17,13 +17,16 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .store import WindowStore
+
+if TYPE_CHECKING:
+    from .api.security import SecureParts
 
 API_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -56,6 +59,37 @@ class _StoreCollector(Collector):
         if store.epoch is not None:
             epoch.add_metric([], (store.epoch + 1) * store.settings.slice_seconds)
         yield epoch
+
+
+class _SecurityCollector(Collector):
+    """Counters kept as plain ints by the TLS watcher and the auth caches, read at scrape time."""
+
+    def __init__(self, parts: SecureParts) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        tls = self._parts.tls
+        reloads = CounterMetricFamily("latency_adapter_tls_reloads",
+                                      "Serving certificate or client CA reloads, by outcome.",
+                                      labels=["outcome"])
+        reloads.add_metric(["ok"], tls.reloads)
+        reloads.add_metric(["failed"], tls.reload_failures)
+        yield reloads
+        restart = GaugeMetricFamily("latency_adapter_tls_restart_required",
+                                    "1 when a TLS change (a removed CA, a new key type) needs a restart.")
+        restart.add_metric([], 1.0 if tls.restart_required else 0.0)
+        yield restart
+        reviews = CounterMetricFamily(
+            "latency_adapter_auth_reviews",
+            "Delegated reviews by kind (token, access) and result (call, cache_hit, error, stale_use).",
+            labels=["kind", "result"])
+        for kind, obj in (("token", self._parts.guard.authenticator),
+                          ("access", self._parts.guard.authorizer)):
+            reviews.add_metric([kind, "call"], obj.reviews)
+            reviews.add_metric([kind, "cache_hit"], obj.cache_hits)
+            reviews.add_metric([kind, "error"], obj.review_errors)
+            reviews.add_metric([kind, "stale_use"], obj.stale_uses)
+        yield reviews
 
 
 class Telemetry:
@@ -96,6 +130,10 @@ class Telemetry:
         r.register(_StoreCollector(store))
         self._store = store
         self._dropped_seen: dict[str, int] = {}
+
+    def watch_security(self, parts: SecureParts) -> None:
+        """Export the secure listener's TLS and auth counters (called once secure mode is built)."""
+        self.registry.register(_SecurityCollector(parts))
 
     def sync_store_counters(self) -> None:
         """Move the store's plain-int drop counts into Prometheus counters (called by the ticker)."""
