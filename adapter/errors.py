@@ -45,6 +45,8 @@ class RequestError(AdapterError):
 
     reason = "InternalError"
     code = 500
+    #: Who asked, when known (for the log line; never sent to the client beyond the message).
+    user = ""
 
 
 class BadRequest(RequestError):

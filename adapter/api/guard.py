@@ -21,6 +21,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from ..errors import RequestError
 from ..kube import UserInfo
 from .auth import Authenticator, Authorizer
 from .tls import ServingTLS, issued_by
@@ -101,6 +102,10 @@ class RequestGuard:
 
     async def check_value(self, request: web.Request, metric: str, namespace: str) -> UserInfo:
         user = await self.authenticate(request)
-        await self.authorizer.authorize(user, verb="get", resource=metric, namespace=namespace,
-                                        path=request.path)
+        try:
+            await self.authorizer.authorize(user, verb="get", resource=metric, namespace=namespace,
+                                            path=request.path)
+        except RequestError as exc:
+            exc.user = user.username
+            raise
         return user

@@ -69,7 +69,7 @@ class ApiHandlers:
         if isinstance(exc, RequestError):
             log.info("api request refused", extra={"fields": {
                 "event": "api_refused", "path": request.path_qs[:512], "code": code, "reason": reason,
-                "detail": message}})
+                "user": exc.user or None, "detail": message}})
         else:
             log.error("api request failed", exc_info=exc, extra={"fields": {
                 "event": "api_error", "path": request.path_qs[:512]}})
