@@ -1,8 +1,9 @@
 """Integration fixtures: the real ``latency-adapter serve`` process and real clients around it.
 
-* :class:`AdapterProcess` starts ``latency-adapter serve`` on free ports (port 0), learns the bound ports
-  from the ``listening`` log line, waits for ``/readyz`` and stops it with SIGTERM (then SIGKILL). Its
-  stderr goes to a file that is attached to the report of every failing test that used it.
+* :class:`AdapterProcess` (a :class:`~tests.integration.process.ServiceProcess`) starts ``latency-adapter
+  serve --insecure-no-auth`` on free ports (port 0), learns the bound ports from the ``listening`` log
+  line, waits for ``/readyz`` and stops it with SIGTERM (then SIGKILL). Its stderr goes to a file that is
+  attached to the report of every failing test that used it.
 * Its clients: :meth:`AdapterProcess.api` speaks HTTPS and verifies the self-signed certificate the
   adapter wrote into its cert dir (SANs ``localhost``/``127.0.0.1``); :meth:`AdapterProcess.ops` and
   :meth:`AdapterProcess.otlp` speak plain HTTP.
@@ -15,81 +16,23 @@ landed in to close (:meth:`AdapterProcess.wait_slice_closed`) before polling, ne
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
-import os
-import signal
 import ssl
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-import yaml
+
+from tests.integration.process import Response, ServiceProcess, exchange, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-ADAPTER_BIN = Path(sys.executable).with_name("latency-adapter")
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 API_PREFIX = "/apis/external.metrics.k8s.io/v1beta1"
 #: Short slices keep the tests fast; a generous window keeps data visible for the whole module.
 DEFAULT_CONFIG: dict[str, Any] = {"store": {"window_seconds": 30, "slice_seconds": 1}}
-
-T = TypeVar("T")
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip()
-
-    def __repr__(self) -> str:
-        return f"Response({self.status}, {self.headers.get('content-type')!r}, {self.body[:500]!r})"
-
-
-def _exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
-              headers: dict[str, str] | None) -> Response:
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-    finally:
-        conn.close()
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call ``check`` until it returns something other than None/False; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException) as exc:
-            result, last = None, exc
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
-        time.sleep(interval)
 
 
 def metric_path(namespace: str, metric: str, selector: str | None = None) -> str:
@@ -99,94 +42,21 @@ def metric_path(namespace: str, metric: str, selector: str | None = None) -> str
     return path
 
 
-class AdapterProcess:
-    """One ``latency-adapter serve`` subprocess on free ports."""
+class AdapterProcess(ServiceProcess):
+    """One ``latency-adapter serve --insecure-no-auth`` subprocess on free ports."""
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None) -> None:
-        self.workdir = workdir
-        self.config = DEFAULT_CONFIG if config is None else config
-        self.cert_dir = workdir / "certs"
-        self.stderr_path = workdir / "adapter.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.api_port = self.otlp_port = self.telemetry_port = 0
-        self.slice_seconds = int(self.config.get("store", {}).get("slice_seconds", 5))
-        self.window_seconds = int(self.config.get("store", {}).get("window_seconds", 60))
-        self.listening: dict[str, Any] = {}
-        self.returncode: int | None = None
+        config = DEFAULT_CONFIG if config is None else config
+        super().__init__(workdir, ["--insecure-no-auth"], config)
+        self.slice_seconds = int(config.get("store", {}).get("slice_seconds", 5))
+        self.window_seconds = int(config.get("store", {}).get("window_seconds", 60))
         self.initial_resources: Response | None = None
         self._ssl: ssl.SSLContext | None = None
 
-    # -- life cycle ----------------------------------------------------------------------------------
-
-    def start(self) -> AdapterProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config_file = self.workdir / "config.yaml"
-        config_file.write_text(yaml.safe_dump(self.config), encoding="utf-8")
-        cmd = [str(ADAPTER_BIN), "serve", "--insecure-no-auth", "--bind", "127.0.0.1", "--api-port", "0",
-               "--otlp-port", "0", "--telemetry-port", "0", "--cert-dir", str(self.cert_dir),
-               "--config", str(config_file)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            self.listening = wait_for(self._listening_line, START_TIMEOUT, "the 'listening' log line")
-            self.api_port = int(self.listening["api_port"])
-            self.otlp_port = int(self.listening["otlp_port"])
-            self.telemetry_port = int(self.listening["telemetry_port"])
-            wait_for(lambda: self.ops("/readyz").status == 200, START_TIMEOUT, "/readyz on the ops port")
-            # What discovery answers before any data arrived (it must list every metric already).
-            self.initial_resources = self.api(API_PREFIX)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _listening_line(self) -> dict[str, Any] | None:
-        for doc in self.log_events():
-            if doc.get("event") == "listening":
-                return doc
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            pytest.fail(f"latency-adapter exited with {self.proc.returncode} before listening:\n"
-                        + self.stderr_tail())
-        return None
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; returns the exit status."""
-        proc = self.proc
-        if proc is None or self.returncode is not None:
-            return self.returncode
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self.returncode = proc.returncode
-        return self.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stderr_text(self) -> str:
-        try:
-            return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def stderr_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.stderr_text().splitlines()[-lines:])
-
-    def log_events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr_text().splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict):
-                    out.append(doc)
-        return out
+    def ready(self) -> None:
+        super().ready()
+        # What discovery answers before any data arrived (it must list every metric already).
+        self.initial_resources = self.api(API_PREFIX)
 
     # -- clients -------------------------------------------------------------------------------------
 
@@ -203,15 +73,11 @@ class AdapterProcess:
     def api(self, path: str, method: str = "GET", body: bytes | None = None,
             headers: dict[str, str] | None = None, host: str = "127.0.0.1") -> Response:
         conn = http.client.HTTPSConnection(host, self.api_port, context=self.ssl_context(), timeout=10)
-        return _exchange(conn, method, path, body, headers)
-
-    def ops(self, path: str, headers: dict[str, str] | None = None) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.telemetry_port, timeout=10)
-        return _exchange(conn, "GET", path, None, headers)
+        return exchange(conn, path, headers or {}, method=method, body=body, close=True)
 
     def otlp(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.otlp_port, timeout=10)
-        return _exchange(conn, method, path, body, headers)
+        return exchange(conn, path, headers, method=method, body=body, close=True)
 
     # -- values --------------------------------------------------------------------------------------
 
@@ -248,20 +114,6 @@ class AdapterProcess:
     def metrics_text(self, openmetrics: bool = False) -> Response:
         headers = {"Accept": "application/openmetrics-text; version=1.0.0"} if openmetrics else None
         return self.ops("/metrics", headers)
-
-    def counter(self, name: str, **labels: str) -> float:
-        """The value of one sample of ``/metrics`` (0 when absent), e.g. ``counter(
-        "latency_adapter_otlp_items_total", signal="traces", outcome="accepted")``."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        resp = self.metrics_text()
-        assert resp.status == 200, resp
-        total = 0.0
-        for family in text_string_to_metric_families(resp.text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,20 +24,17 @@ handshake presents. Clients verify the adapter against the serving CA with hostn
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -47,13 +44,9 @@ import yaml
 from adapter.kube import UserInfo
 from adapter.quantity import parse_quantity
 from tests.fakes import FakeKubeAPI, allow_users
+from tests.integration.process import Response, ServiceProcess, exchange, wait_for
 from tests.tooling import require_tool
 
-T = TypeVar("T")
-
-ADAPTER_BIN = Path(sys.executable).with_name("latency-adapter")
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 PREFIX = "/apis/external.metrics.k8s.io/v1beta1"
 NAMESPACE = "demo"
 METRIC = "latency_p95_seconds"
@@ -84,22 +77,6 @@ UNAUTHORIZED_SAMPLE = "latency_adapter_api_rejected_total"
 # -- small plumbing ------------------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call ``check`` until it returns something other than None/False; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException) as exc:
-            result, last = None, exc
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
-        time.sleep(interval)
-
-
 def value_path(namespace: str = NAMESPACE, metric: str = METRIC, selector: str = SELECTOR) -> str:
     return f"{PREFIX}/namespaces/{namespace}/{metric}?labelSelector={quote(selector, safe='')}"
 
@@ -116,24 +93,6 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    elapsed: float = 0.0
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"Response({self.status}, {self.elapsed:.2f}s, {self.body[:600]!r})"
 
 
 @dataclass
@@ -174,27 +133,11 @@ class PKI:
         return self._contexts[key]
 
 
-def exchange(conn: http.client.HTTPConnection, path: str, headers: Sequence[tuple[str, str]]) -> Response:
-    """One GET on ``conn`` (kept open); ``headers`` may repeat a name (``X-Remote-Group`` twice)."""
-    started = time.monotonic()
-    conn.putrequest("GET", path)
-    for name, value in headers:
-        conn.putheader(name, value)
-    conn.endheaders()
-    resp = conn.getresponse()
-    body = resp.read()
-    return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body,
-                    time.monotonic() - started)
-
-
 def request(pki: PKI, port: int, path: str, *, cert: trustme.LeafCert | None = None,
             headers: Sequence[tuple[str, str]] = (), timeout: float = 15.0) -> Response:
     """One HTTPS GET on a new connection."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.context(cert), timeout=timeout)
-    try:
-        return exchange(conn, path, headers)
-    finally:
-        conn.close()
+    return exchange(conn, path, headers, close=True)
 
 
 def presented_der(pki: PKI, port: int) -> bytes:
@@ -231,115 +174,26 @@ def check_metric_review(spec: dict[str, Any], user: str, namespace: str = NAMESP
 # -- the adapter process ------------------------------------------------------------------------------------
 
 
-class SecureAdapter:
+class SecureAdapter(ServiceProcess):
     """``latency-adapter serve`` in secure mode (the default: no ``--insecure-no-auth``) on free ports."""
 
+    drop_env = ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")
+    tail_lines = 80
+
     def __init__(self, workdir: Path, pki: PKI, flags: Sequence[str]) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, flags, CONFIG)
         self.pki = pki
         self.flags = list(flags)
-        self.stderr_path = workdir / "adapter.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.api_port = self.otlp_port = self.telemetry_port = 0
-        self.returncode: int | None = None
 
-    def command(self) -> list[str]:
-        config_file = self.workdir / "config.yaml"
-        config_file.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
-        return [str(ADAPTER_BIN), "serve", "--bind", "127.0.0.1", "--api-port", "0", "--otlp-port", "0",
-                "--telemetry-port", "0", "--cert-dir", str(self.workdir / "certs"),
-                "--config", str(config_file), *self.flags]
-
-    def start(self) -> SecureAdapter:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            listening = wait_for(self._listening_line, START_TIMEOUT, "the 'listening' log line")
-            self.api_port = int(listening["api_port"])
-            self.otlp_port = int(listening["otlp_port"])
-            self.telemetry_port = int(listening["telemetry_port"])
-            assert listening.get("insecure_no_auth") is False, listening
-            wait_for(lambda: self.ops("/readyz").status == 200, START_TIMEOUT, "/readyz on the ops port")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _listening_line(self) -> dict[str, Any] | None:
-        for doc in self.log_events():
-            if doc.get("event") == "listening":
-                return doc
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            pytest.fail(f"latency-adapter exited with {self.proc.returncode} before listening:\n"
-                        + self.stderr_tail())
-        return None
-
-    def stop(self) -> int | None:
-        proc = self.proc
-        if proc is None or self.returncode is not None:
-            return self.returncode
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self.returncode = proc.returncode
-        return self.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stderr_text(self) -> str:
-        try:
-            return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def stderr_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.stderr_text().splitlines()[-lines:])
-
-    def log_events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr_text().splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict):
-                    out.append(doc)
-        return out
+    def ready(self) -> None:
+        assert self.listening.get("insecure_no_auth") is False, self.listening
+        super().ready()
 
     # -- clients
 
     def api(self, path: str, *, cert: trustme.LeafCert | None = None,
             headers: Sequence[tuple[str, str]] = (), timeout: float = 15.0) -> Response:
         return request(self.pki, self.api_port, path, cert=cert, headers=headers, timeout=timeout)
-
-    def ops(self, path: str) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.telemetry_port, timeout=10)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-        finally:
-            conn.close()
-
-    def counter(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        resp = self.ops("/metrics")
-        assert resp.status == 200, resp
-        total = 0.0
-        for family in text_string_to_metric_families(resp.text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
 
     def wait_value(self, cert: trustme.LeafCert, timeout: float = 10.0) -> dict[str, Any]:
         """The ExternalMetricValueList for :data:`SELECTOR` once it exists (404 until a slice closed)."""
