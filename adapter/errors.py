@@ -37,7 +37,9 @@ class ConfigError(AdapterError):
         self.key = key
         self.value = value
         self.problem = problem
-        super().__init__(f"config key {key!r}: {problem} (got {quote(value)})")
+        what = f"flag {key}" if key.startswith("--") else f"config key {key!r}"
+        got = "" if value in ("", None) else f" (got {quote(value)})"
+        super().__init__(f"{what}: {problem}{got}")
 
 
 class RequestError(AdapterError):
