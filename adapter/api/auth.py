@@ -376,33 +376,21 @@ class _TokenVerdict:
     user: UserInfo | None  # None: the API server said "not authenticated"
 
 
-class Authenticator:
-    """The union authenticator of a delegated extension API server (request-header, x509, token).
+class _CachedReviewer(Generic[K, V]):
+    """What both reviewers share: the API, settings, clock, a TTL cache, single flight, counters.
 
-    Counters (plain ints, exported by the service): ``front_proxy_authenticated``, ``x509_authenticated``,
-    ``token_authenticated``, ``unauthorized``, ``cache_hits``, ``cache_misses``, ``coalesced`` (callers that
-    joined a review in flight), ``reviews``, ``review_errors``, ``review_timeouts`` (part of
+    Counters (plain ints, exported by the service): ``cache_hits``, ``cache_misses``, ``coalesced``
+    (callers that joined a review in flight), ``reviews``, ``review_errors``, ``review_timeouts`` (part of
     ``review_errors``), ``stale_uses`` and ``cache_evictions``.
     """
 
-    def __init__(
-        self,
-        api: ClusterAPI,
-        settings: AuthSettings | None = None,
-        *,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, api: ClusterAPI, settings: AuthSettings | None, clock: Clock) -> None:
         self._api = api
         self.settings = settings if settings is not None else AuthSettings()
         self._clock = clock
-        self._allowed_names = frozenset(self.settings.requestheader_allowed_names)
-        self._cache: _TTLCache[bytes, _TokenVerdict] = _TTLCache(self.settings.max_cache_entries)
-        self._flights: _SingleFlight[bytes, _TokenVerdict] = _SingleFlight()
+        self._cache: _TTLCache[K, V] = _TTLCache(self.settings.max_cache_entries)
+        self._flights: _SingleFlight[K, V] = _SingleFlight()
         self._stale_log = _Throttle(clock)
-        self.front_proxy_authenticated = 0
-        self.x509_authenticated = 0
-        self.token_authenticated = 0
-        self.unauthorized = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.coalesced = 0
@@ -418,6 +406,28 @@ class Authenticator:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
+    """The union authenticator of a delegated extension API server (request-header, x509, token).
+
+    Counters beyond the shared ones (:class:`_CachedReviewer`): ``front_proxy_authenticated``,
+    ``x509_authenticated``, ``token_authenticated``, ``unauthorized``.
+    """
+
+    def __init__(
+        self,
+        api: ClusterAPI,
+        settings: AuthSettings | None = None,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(api, settings, clock)
+        self._allowed_names = frozenset(self.settings.requestheader_allowed_names)
+        self.front_proxy_authenticated = 0
+        self.x509_authenticated = 0
+        self.token_authenticated = 0
+        self.unauthorized = 0
 
     async def authenticate(
         self,
@@ -608,11 +618,10 @@ def _describe(exc: BaseException, secret: str, owner: Authenticator | Authorizer
 _AccessKey = tuple[str, str, tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...], str, str, str]
 
 
-class Authorizer:
+class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
     """Delegated authorisation through ``SubjectAccessReview``, cached, coalesced, bounded, stale-tolerant.
 
-    Counters (plain ints): ``always_allowed``, ``allowed``, ``denied``, ``cache_hits``, ``cache_misses``,
-    ``coalesced``, ``reviews``, ``review_errors``, ``review_timeouts``, ``stale_uses``, ``cache_evictions``.
+    Counters beyond the shared ones (:class:`_CachedReviewer`): ``always_allowed``, ``allowed``, ``denied``.
     """
 
     def __init__(
@@ -622,9 +631,7 @@ class Authorizer:
         *,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._api = api
-        self.settings = settings if settings is not None else AuthSettings()
-        self._clock = clock
+        super().__init__(api, settings, clock)
         exact: set[str] = set()
         prefixes: list[str] = []
         for path in self.settings.always_allow_paths:
@@ -634,27 +641,9 @@ class Authorizer:
                 exact.add(path)
         self._allow_exact = frozenset(exact)
         self._allow_prefixes = tuple(prefixes)
-        self._cache: _TTLCache[_AccessKey, AccessDecision] = _TTLCache(self.settings.max_cache_entries)
-        self._flights: _SingleFlight[_AccessKey, AccessDecision] = _SingleFlight()
-        self._stale_log = _Throttle(clock)
         self.always_allowed = 0
         self.allowed = 0
         self.denied = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.coalesced = 0
-        self.reviews = 0
-        self.review_errors = 0
-        self.review_timeouts = 0
-        self.stale_uses = 0
-
-    @property
-    def cache_evictions(self) -> int:
-        return self._cache.evictions
-
-    @property
-    def cache_size(self) -> int:
-        return len(self._cache)
 
     def always_allows(self, path: str) -> bool:
         """Whether ``path`` skips authorisation (health probes must work while the API server is down)."""
