@@ -273,6 +273,7 @@ def _scrub(text: str, secret: str) -> str:
 
 K = TypeVar("K")
 V = TypeVar("V")
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -402,6 +403,21 @@ class _CachedReviewer(Generic[K, V]):
     @property
     def cache_evictions(self) -> int:
         return self._cache.evictions
+
+    async def _bounded(self, what: str, call: Awaitable[R], secret: str = "") -> R:
+        """One review call, bounded by the timeout, counted, and logged (``secret`` scrubbed) on failure."""
+        self.reviews += 1
+        try:
+            return await asyncio.wait_for(call, self.settings.review_timeout_seconds)
+        except TimeoutError:
+            self.review_errors += 1
+            self.review_timeouts += 1
+            log.warning("%s timed out after %.3gs", what, self.settings.review_timeout_seconds)
+            raise
+        except ClusterAPIError as exc:
+            self.review_errors += 1
+            log.warning("%s failed: %s", what, _scrub(str(exc), secret)[:MAX_QUOTED])
+            raise
 
     @property
     def cache_size(self) -> int:
@@ -567,18 +583,7 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
     async def _call_token_review(self, key: bytes, token: str) -> _TokenVerdict:
         """One TokenReview, bounded by the timeout; its answer (positive or negative) goes into the cache."""
         s = self.settings
-        self.reviews += 1
-        try:
-            result = await asyncio.wait_for(self._api.review_token(token), s.review_timeout_seconds)
-        except TimeoutError:
-            self.review_errors += 1
-            self.review_timeouts += 1
-            log.warning("TokenReview timed out after %.3gs", s.review_timeout_seconds)
-            raise
-        except ClusterAPIError as exc:
-            self.review_errors += 1
-            log.warning("TokenReview failed: %s", _scrub(str(exc), token)[:MAX_QUOTED])
-            raise
+        result = await self._bounded("TokenReview", self._api.review_token(token), secret=token)
         now = self._clock()
         if result.authenticated and result.user is not None and result.user.username:
             verdict = _TokenVerdict(result.user)
@@ -708,18 +713,7 @@ class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
     async def _call_access_review(self, key: _AccessKey, request: AccessRequest) -> AccessDecision:
         """One SubjectAccessReview, bounded by the timeout; allow and deny are cached with their own TTLs."""
         s = self.settings
-        self.reviews += 1
-        try:
-            decision = await asyncio.wait_for(self._api.review_access(request), s.review_timeout_seconds)
-        except TimeoutError:
-            self.review_errors += 1
-            self.review_timeouts += 1
-            log.warning("SubjectAccessReview timed out after %.3gs", s.review_timeout_seconds)
-            raise
-        except ClusterAPIError as exc:
-            self.review_errors += 1
-            log.warning("SubjectAccessReview failed: %s", str(exc)[:MAX_QUOTED])
-            raise
+        decision = await self._bounded("SubjectAccessReview", self._api.review_access(request))
         if decision.evaluation_error:
             log.debug("SubjectAccessReview evaluation error: %s", decision.evaluation_error[:MAX_QUOTED])
         ttl = s.allow_cache_ttl_seconds if _allows(decision) else s.deny_cache_ttl_seconds

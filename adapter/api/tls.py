@@ -111,13 +111,6 @@ def _new_context() -> ssl.SSLContext:
     return ctx
 
 
-def server_context(pair: CertPair) -> ssl.SSLContext:
-    """A static server context for ``pair`` (no client CAs, no rotation); see :class:`ServingTLS`."""
-    ctx = _new_context()
-    ctx.load_cert_chain(str(pair.cert_file), str(pair.key_file), password=_refuse_password)
-    return ctx
-
-
 # --------------------------------------------------------------------------------------------------------
 # Serving TLS with rotation
 # --------------------------------------------------------------------------------------------------------
