@@ -9,6 +9,7 @@ loop), and ``tests/fakes`` serve the same JSON a real API server does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +27,16 @@ class UserInfo:
     uid: str = ""
     groups: tuple[str, ...] = ()
     extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def review_key(self) -> tuple[object, ...]:
+        """Everything an access review depends on, hashable; computed once per object.
+
+        Why cached: a token user is one object reused from the token cache for every request, so the
+        authorisation cache key costs nothing after the first request.
+        """
+        extra = tuple(sorted((key, tuple(values)) for key, values in self.extra.items()))
+        return (self.username, self.uid, tuple(self.groups), extra)
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,14 @@ class _SecurityCollector(Collector):
         yield restart
         reviews = CounterMetricFamily(
             "latency_adapter_auth_reviews",
-            "Delegated reviews by kind (token, access) and result (call, cache_hit, error, stale_use).",
+            "Delegated reviews by kind (token, access) and result (call, cache_hit, refresh_ahead, error, "
+            "stale_use).",
             labels=["kind", "result"])
         for kind, obj in (("token", self._parts.guard.authenticator),
                           ("access", self._parts.guard.authorizer)):
             reviews.add_metric([kind, "call"], obj.reviews)
             reviews.add_metric([kind, "cache_hit"], obj.cache_hits)
+            reviews.add_metric([kind, "refresh_ahead"], obj.refreshes)
             reviews.add_metric([kind, "error"], obj.review_errors)
             reviews.add_metric([kind, "stale_use"], obj.stale_uses)
         yield reviews

@@ -13,8 +13,8 @@ own users; it trusts three kinds of credentials the way every aggregated API ser
 
 Authorisation is delegated the same way: a ``SubjectAccessReview`` per (user, verb, resource, namespace).
 
-Length: one module (about 750 lines) because the authenticator and the authoriser share the settings, the
-TTL cache, single-flight and log throttling; split it into ``authn``/``authz`` when either grows.
+The TTL cache, single flight, the bound on each review and the stale fallback both reviewers share live in
+:mod:`adapter.api.review_cache`.
 
 Why no TLS or HTTP here: the HTTP layer verifies the peer chain and classifies the certificate
 (``cert_kind``); this module receives plain values, so every rule is unit-tested without sockets, and the
@@ -28,18 +28,17 @@ log line contains a token.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Generic, Literal, Protocol, TypeVar, cast
+from typing import Literal, Protocol, cast
 from urllib.parse import unquote
 
+from adapter.api.review_cache import CachedReviewer, Clock, scrub
 from adapter.errors import MAX_QUOTED, Forbidden, ServiceUnavailable, Unauthorized
 from adapter.kube import AccessDecision, AccessRequest, ClusterAPI, ClusterAPIError, UserInfo
 
@@ -48,11 +47,8 @@ log = logging.getLogger("adapter.auth")
 #: The API group every SubjectAccessReview of this adapter asks about.
 EXTERNAL_METRICS_GROUP = "external.metrics.k8s.io"
 
-#: How often (seconds of the injected clock) a recurring warning, e.g. "serving stale decisions", is logged.
-LOG_EVERY_SECONDS = 10.0
 
 CertKind = Literal["front-proxy", "client-ca"]
-Clock = Callable[[], float]
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -266,109 +262,6 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def _scrub(text: str, secret: str) -> str:
-    """``text`` without ``secret``: an API error message must never carry the token into a log or response."""
-    return text.replace(secret, "<redacted>") if secret else text
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-R = TypeVar("R")
-
-
-@dataclass(slots=True)
-class _Entry(Generic[V]):
-    value: V
-    fresh_until: float
-    usable_until: float  # fresh_until + stale grace: usable only while the API server cannot be asked
-
-
-class _TTLCache(Generic[K, V]):
-    """A bounded LRU map whose entries are fresh until a deadline and then stale for a grace period.
-
-    Why LRU: the working set (the HPA controller's identity, a few users) is tiny and hot, while an attacker
-    sending random tokens creates cold entries; evicting the least recently used keeps the hot ones.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._data: OrderedDict[K, _Entry[V]] = OrderedDict()
-        self._max = max_entries
-        self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: K, now: float) -> _Entry[V] | None:
-        """The entry (fresh or stale) or ``None``; an entry past its grace is dropped."""
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if now >= entry.usable_until:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return entry
-
-    def put(self, key: K, value: V, now: float, ttl: float, grace: float) -> None:
-        self._data[key] = _Entry(value, now + ttl, now + ttl + grace)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
-            self.evictions += 1
-
-
-class _SingleFlight(Generic[K, V]):
-    """At most one review in flight per key; concurrent callers share its outcome.
-
-    Why a task and ``shield``: the review must not be cancelled when the first caller goes away (client
-    disconnected), the others still wait for it. Each caller's wait stays bounded because the review itself
-    is bounded by the timeout.
-    """
-
-    def __init__(self) -> None:
-        self._inflight: dict[K, asyncio.Future[V]] = {}
-
-    def __len__(self) -> int:
-        return len(self._inflight)
-
-    def joining(self, key: K) -> bool:
-        return key in self._inflight
-
-    async def run(self, key: K, make: Callable[[], Awaitable[V]]) -> V:
-        future = self._inflight.get(key)
-        if future is None:
-
-            async def call() -> V:
-                return await make()
-
-            future = asyncio.ensure_future(call())
-            self._inflight[key] = future
-            future.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(future)
-
-    def _finished(self, key: K, done: asyncio.Future[V]) -> None:
-        if self._inflight.get(key) is done:
-            del self._inflight[key]
-        if not done.cancelled():
-            done.exception()  # mark as retrieved: all waiters may have gone, no "never retrieved" noise
-
-
-class _Throttle:
-    """Allows an action at most once per period of the injected clock (for recurring warnings)."""
-
-    def __init__(self, clock: Clock, period: float = LOG_EVERY_SECONDS) -> None:
-        self._clock = clock
-        self._period = period
-        self._last = float("-inf")
-
-    def ready(self) -> bool:
-        now = self._clock()
-        if now - self._last >= self._period:
-            self._last = now
-            return True
-        return False
-
-
 # --------------------------------------------------------------------------------------------- authentication
 
 
@@ -377,58 +270,11 @@ class _TokenVerdict:
     user: UserInfo | None  # None: the API server said "not authenticated"
 
 
-class _CachedReviewer(Generic[K, V]):
-    """What both reviewers share: the API, settings, clock, a TTL cache, single flight, counters.
-
-    Counters (plain ints, exported by the service): ``cache_hits``, ``cache_misses``, ``coalesced``
-    (callers that joined a review in flight), ``reviews``, ``review_errors``, ``review_timeouts`` (part of
-    ``review_errors``), ``stale_uses`` and ``cache_evictions``.
-    """
-
-    def __init__(self, api: ClusterAPI, settings: AuthSettings | None, clock: Clock) -> None:
-        self._api = api
-        self.settings = settings if settings is not None else AuthSettings()
-        self._clock = clock
-        self._cache: _TTLCache[K, V] = _TTLCache(self.settings.max_cache_entries)
-        self._flights: _SingleFlight[K, V] = _SingleFlight()
-        self._stale_log = _Throttle(clock)
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.coalesced = 0
-        self.reviews = 0
-        self.review_errors = 0
-        self.review_timeouts = 0
-        self.stale_uses = 0
-
-    @property
-    def cache_evictions(self) -> int:
-        return self._cache.evictions
-
-    async def _bounded(self, what: str, call: Awaitable[R], secret: str = "") -> R:
-        """One review call, bounded by the timeout, counted, and logged (``secret`` scrubbed) on failure."""
-        self.reviews += 1
-        try:
-            return await asyncio.wait_for(call, self.settings.review_timeout_seconds)
-        except TimeoutError:
-            self.review_errors += 1
-            self.review_timeouts += 1
-            log.warning("%s timed out after %.3gs", what, self.settings.review_timeout_seconds)
-            raise
-        except ClusterAPIError as exc:
-            self.review_errors += 1
-            log.warning("%s failed: %s", what, _scrub(str(exc), secret)[:MAX_QUOTED])
-            raise
-
-    @property
-    def cache_size(self) -> int:
-        return len(self._cache)
-
-
-class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
+class Authenticator(CachedReviewer[bytes, _TokenVerdict]):
     """The union authenticator of a delegated extension API server (request-header, x509, token).
 
-    Counters beyond the shared ones (:class:`_CachedReviewer`): ``front_proxy_authenticated``,
-    ``x509_authenticated``, ``token_authenticated``, ``unauthorized``.
+    Counters beyond the shared ones (:class:`~adapter.api.review_cache.CachedReviewer`):
+    ``front_proxy_authenticated``, ``x509_authenticated``, ``token_authenticated``, ``unauthorized``.
     """
 
     def __init__(
@@ -438,7 +284,8 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
         *,
         clock: Clock = time.monotonic,
     ) -> None:
-        super().__init__(api, settings, clock)
+        self.settings = settings if settings is not None else AuthSettings()
+        super().__init__(api, self.settings.max_cache_entries, self.settings.review_timeout_seconds, clock)
         self._allowed_names = frozenset(self.settings.requestheader_allowed_names)
         self.front_proxy_authenticated = 0
         self.x509_authenticated = 0
@@ -464,10 +311,38 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
         Order as kube-apiserver's union authenticator: front-proxy, then x509, then bearer token; a
         credential that does not authenticate falls through to the next one.
         """
+        view = _HeaderView(headers) if headers is not None and cert_kind == "front-proxy" else None
+        # 1. request-header: the headers are an identity only because of the front-proxy certificate.
+        if view is not None and (not self._allowed_names or (cert_cn or "") in self._allowed_names):
+            user = self._from_request_headers(view)
+            if user is not None:
+                self.front_proxy_authenticated += 1
+                return user
+        # 2. x509 client certificate: the identity is the certificate's subject; headers play no part.
+        elif cert_kind == "client-ca" and cert_cn:
+            self.x509_authenticated += 1
+            return UserInfo(username=cert_cn, groups=tuple(cert_orgs))
+        # 3. bearer token through a delegated TokenReview.
+        token = _bearer_token(authorization)
+        if token is not None:
+            verdict = await self._review_token(token)
+            if verdict.user is not None:
+                self.token_authenticated += 1
+                return verdict.user
+        self.unauthorized += 1
+        raise Unauthorized(
+            "Unauthorized: no credential authenticated the request (tried: "
+            + "; ".join(self._tried(cert_cn, cert_kind, headers, authorization, token)) + ")"
+        )
+
+    def _tried(self, cert_cn: str | None, cert_kind: CertKind | None, headers: Headers | None,
+               authorization: str | None, token: str | None) -> list[str]:
+        """Why each credential of a refused request did not authenticate it, for the 401 message.
+
+        Built only on refusal, so the accepted path allocates nothing for it.
+        """
         tried: list[str] = []
         view = _HeaderView(headers) if headers is not None else None
-
-        # 1. request-header: the headers are an identity only because of the front-proxy certificate.
         if cert_kind == "front-proxy":
             if self._allowed_names and (cert_cn or "") not in self._allowed_names:
                 tried.append(
@@ -475,20 +350,11 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
                     "(not in requestheader-allowed-names, identity headers ignored)"
                 )
             else:
-                user = self._from_request_headers(view) if view is not None else None
-                if user is not None:
-                    self.front_proxy_authenticated += 1
-                    return user
                 tried.append(
                     "front-proxy certificate without a username header "
                     f"({', '.join(self.settings.requestheader_username_headers)})"
                 )
-
-        # 2. x509 client certificate: the identity is the certificate's subject; headers play no part.
         elif cert_kind == "client-ca":
-            if cert_cn:
-                self.x509_authenticated += 1
-                return UserInfo(username=cert_cn, groups=tuple(cert_orgs))
             tried.append("client certificate without a CN")
         else:
             tried.append("no verified client certificate")
@@ -496,24 +362,13 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
                 tried.append(
                     "identity headers ignored (only a verified front-proxy certificate makes them count)"
                 )
-
-        # 3. bearer token through a delegated TokenReview.
-        token = _bearer_token(authorization)
         if token is None:
             tried.append(
                 "no bearer token" if not authorization else "Authorization header is not a bearer token"
             )
         else:
-            verdict = await self._review_token(token)
-            if verdict.user is not None:
-                self.token_authenticated += 1
-                return verdict.user
             tried.append("bearer token rejected by TokenReview")
-
-        self.unauthorized += 1
-        raise Unauthorized(
-            "Unauthorized: no credential authenticated the request (tried: " + "; ".join(tried) + ")"
-        )
+        return tried
 
     # -- request-header
 
@@ -555,30 +410,19 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
 
     async def _review_token(self, token: str) -> _TokenVerdict:
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        now = self._clock()
-        entry = self._cache.get(key, now)
-        if entry is not None and now < entry.fresh_until:
-            self.cache_hits += 1
-            return entry.value
-        self.cache_misses += 1
-        if self._flights.joining(key):
-            self.coalesced += 1
         try:
-            return await self._flights.run(key, lambda: self._call_token_review(key, token))
+            verdict, stale = await self._cached(key, lambda: self._call_token_review(key, token))
         except (ClusterAPIError, TimeoutError) as exc:
-            entry = self._cache.get(key, self._clock())
-            if entry is not None:
-                self.stale_uses += 1
-                if self._stale_log.ready():
-                    log.warning(
-                        "TokenReview unavailable; using an expired cached token review (stale uses: %d)",
-                        self.stale_uses,
-                    )
-                return entry.value
             raise ServiceUnavailable(
                 "cannot authenticate the bearer token: the TokenReview failed "
                 f"({_describe(exc, token, self)})"
             ) from None
+        if stale and self._stale_log.ready():
+            log.warning(
+                "TokenReview unavailable; using an expired cached token review (stale uses: %d)",
+                self.stale_uses,
+            )
+        return verdict
 
     async def _call_token_review(self, key: bytes, token: str) -> _TokenVerdict:
         """One TokenReview, bounded by the timeout; its answer (positive or negative) goes into the cache."""
@@ -590,7 +434,7 @@ class Authenticator(_CachedReviewer[bytes, _TokenVerdict]):
             self._cache.put(key, verdict, now, s.token_cache_ttl_seconds, s.token_stale_grace_seconds)
         else:
             if result.error:
-                log.debug("TokenReview rejected a token: %s", _scrub(result.error, token)[:MAX_QUOTED])
+                log.debug("TokenReview rejected a token: %s", scrub(result.error, token)[:MAX_QUOTED])
             verdict = _TokenVerdict(None)
             self._cache.put(
                 key, verdict, now, s.token_negative_cache_ttl_seconds, s.token_stale_grace_seconds
@@ -612,7 +456,7 @@ def _describe(exc: BaseException, secret: str, owner: Authenticator | Authorizer
     """A short, secret-free description of a review failure for a 503 message."""
     if isinstance(exc, TimeoutError):
         return f"no answer within {owner.settings.review_timeout_seconds:g}s"
-    text = _scrub(str(exc), secret) if secret else str(exc)
+    text = scrub(str(exc), secret) if secret else str(exc)
     if len(text) > MAX_QUOTED:
         text = text[:MAX_QUOTED] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -620,13 +464,15 @@ def _describe(exc: BaseException, secret: str, owner: Authenticator | Authorizer
 
 # --------------------------------------------------------------------------------------------- authorisation
 
-_AccessKey = tuple[str, str, tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...], str, str, str]
+#: (the user's identity, verb, resource, namespace).
+_AccessKey = tuple[tuple[object, ...], str, str, str]
 
 
-class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
+class Authorizer(CachedReviewer[_AccessKey, AccessDecision]):
     """Delegated authorisation through ``SubjectAccessReview``, cached, coalesced, bounded, stale-tolerant.
 
-    Counters beyond the shared ones (:class:`_CachedReviewer`): ``always_allowed``, ``allowed``, ``denied``.
+    Counters beyond the shared ones (:class:`~adapter.api.review_cache.CachedReviewer`): ``always_allowed``,
+    ``allowed``, ``denied``.
     """
 
     def __init__(
@@ -636,7 +482,8 @@ class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
         *,
         clock: Clock = time.monotonic,
     ) -> None:
-        super().__init__(api, settings, clock)
+        self.settings = settings if settings is not None else AuthSettings()
+        super().__init__(api, self.settings.max_cache_entries, self.settings.review_timeout_seconds, clock)
         exact: set[str] = set()
         prefixes: list[str] = []
         for path in self.settings.always_allow_paths:
@@ -652,7 +499,9 @@ class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
 
     def always_allows(self, path: str) -> bool:
         """Whether ``path`` skips authorisation (health probes must work while the API server is down)."""
-        return path in self._allow_exact or any(path.startswith(p) for p in self._allow_prefixes)
+        if path in self._allow_exact:
+            return True
+        return bool(self._allow_prefixes) and path.startswith(self._allow_prefixes)
 
     async def authorize(self, user: UserInfo, *, verb: str, resource: str, namespace: str, path: str) -> None:
         """Return when ``user`` may ``verb`` the metric ``resource`` in ``namespace``; raise otherwise.
@@ -664,55 +513,35 @@ class Authorizer(_CachedReviewer[_AccessKey, AccessDecision]):
         if self.always_allows(path):
             self.always_allowed += 1
             return
-        key: _AccessKey = (
-            user.username,
-            user.uid,
-            tuple(user.groups),
-            tuple(sorted((k, tuple(v)) for k, v in user.extra.items())),
-            verb,
-            resource,
-            namespace,
-        )
-        now = self._clock()
-        entry = self._cache.get(key, now)
-        if entry is not None and now < entry.fresh_until:
-            self.cache_hits += 1
-            decision = entry.value
-        else:
-            self.cache_misses += 1
-            if self._flights.joining(key):
-                self.coalesced += 1
-            request = AccessRequest(
-                user=user, verb=verb, group=EXTERNAL_METRICS_GROUP, resource=resource, namespace=namespace
+        key: _AccessKey = (user.review_key, verb, resource, namespace)
+        try:
+            decision, stale = await self._cached(
+                key, lambda: self._call_access_review(key, user, verb, resource, namespace))
+        except (ClusterAPIError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                f"cannot authorize user {_q(user.username)}: the SubjectAccessReview failed "
+                f"({_describe(exc, '', self)})"
+            ) from None
+        if stale and self._stale_log.ready():
+            log.warning(
+                "SubjectAccessReview unavailable; using an expired cached decision for user %s "
+                "(stale uses so far: %d)",
+                _q(user.username),
+                self.stale_uses,
             )
-            try:
-                decision = await self._flights.run(key, lambda: self._call_access_review(key, request))
-            except (ClusterAPIError, TimeoutError) as exc:
-                entry = self._cache.get(key, self._clock())
-                if entry is None:
-                    raise ServiceUnavailable(
-                        f"cannot authorize user {_q(user.username)}: the SubjectAccessReview failed "
-                        f"({_describe(exc, '', self)})"
-                    ) from None
-                self.stale_uses += 1
-                if self._stale_log.ready():
-                    log.warning(
-                        "SubjectAccessReview unavailable (%s); using an expired cached decision for user %s "
-                        "(stale uses so far: %d)",
-                        _describe(exc, "", self),
-                        _q(user.username),
-                        self.stale_uses,
-                    )
-                decision = entry.value
         if _allows(decision):
             self.allowed += 1
             return
         self.denied += 1
         raise Forbidden(_forbidden_message(user.username, verb, resource, namespace, decision.reason))
 
-    async def _call_access_review(self, key: _AccessKey, request: AccessRequest) -> AccessDecision:
+    async def _call_access_review(self, key: _AccessKey, user: UserInfo, verb: str, resource: str,
+                                  namespace: str) -> AccessDecision:
         """One SubjectAccessReview, bounded by the timeout; allow and deny are cached with their own TTLs."""
         s = self.settings
+        request = AccessRequest(
+            user=user, verb=verb, group=EXTERNAL_METRICS_GROUP, resource=resource, namespace=namespace
+        )
         decision = await self._bounded("SubjectAccessReview", self._api.review_access(request))
         if decision.evaluation_error:
             log.debug("SubjectAccessReview evaluation error: %s", decision.evaluation_error[:MAX_QUOTED])

@@ -55,10 +55,11 @@ class RequestGuard:
 
     def peer(self, request: web.Request) -> PeerIdentity:
         """What the verified client certificate of ``request`` says, if the handshake verified one."""
-        if self.tls.context.verify_mode == ssl.CERT_NONE or request.transport is None:
+        transport = request.transport
+        if not self.tls.asks_client_certificates or transport is None:
             return _ANONYMOUS
-        obj = request.transport.get_extra_info("ssl_object")
-        der = obj.getpeercert(binary_form=True) if isinstance(obj, ssl.SSLObject | ssl.SSLSocket) else None
+        obj = transport.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if isinstance(obj, ssl.SSLObject) else None
         if not der:
             return _ANONYMOUS
         known = self._peers.get(der)

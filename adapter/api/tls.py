@@ -307,6 +307,9 @@ class ServingTLS:
         # CERT_OPTIONAL: a client may come without a certificate (bearer token), but one it presents must
         # verify against the CAs, else the handshake fails.
         ctx.verify_mode = ssl.CERT_OPTIONAL if self._cas else ssl.CERT_NONE
+        #: Whether handshakes ask for a client certificate (fixed for the listener's life); a plain bool
+        #: because the request path reads it on every request.
+        self.asks_client_certificates = bool(self._cas)
         self._context = ctx
 
     @classmethod

@@ -612,6 +612,47 @@ async def test_authorize_cache_separate_allow_and_deny_ttls(api: FakeClusterAPI,
     assert [r.namespace for r in api.access_calls] == ["shop", "other", "other", "shop"]
 
 
+async def test_hot_token_is_refreshed_ahead_and_never_waits(api: FakeClusterAPI, clock: FakeClock) -> None:
+    """A hit in the last fifth of the TTL answers from the cache at once and reviews in the background."""
+    a = authn(api, clock, token_cache_ttl_seconds=10.0)
+    assert await a.authenticate(authorization=f"Bearer {TOKEN}") == ALICE
+    clock.advance(7.9)
+    assert await a.authenticate(authorization=f"Bearer {TOKEN}") == ALICE
+    await asyncio.sleep(0)
+    assert api.token_calls == [TOKEN] and a.refreshes == 0  # before 80 % of the TTL: plain hit
+    api.gate = asyncio.Event()  # the API server answers only when the test says so
+    clock.advance(0.2)
+    for _ in range(5):  # none of these waits for the review in flight, and only one review starts
+        assert await asyncio.wait_for(a.authenticate(authorization=f"Bearer {TOKEN}"), 1.0) == ALICE
+        await asyncio.sleep(0)
+    assert api.token_calls == [TOKEN, TOKEN] and a.refreshes == 1
+    del api.tokens[TOKEN]  # revoked while the refresh is in flight: seen as soon as it answers
+    api.gate.set()
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unauthorized, match="rejected by TokenReview"):
+        await a.authenticate(authorization=f"Bearer {TOKEN}")
+    assert len(api.token_calls) == 2
+
+
+async def test_failed_refresh_keeps_the_fresh_decision_until_it_expires(
+    api: FakeClusterAPI, clock: FakeClock
+) -> None:
+    a = authz(api, clock, allow_cache_ttl_seconds=10.0, stale_grace_seconds=0.0)
+    await metric_access(a)
+    clock.advance(9.0)
+    api.error = ClusterAPIError("connection refused")
+    await metric_access(a)  # fresh hit; the refresh it starts fails
+    await asyncio.sleep(0.01)
+    assert (a.refreshes, a.review_errors) == (1, 1)
+    clock.advance(0.9)
+    await metric_access(a)  # still fresh: served, and one more refresh attempt
+    await asyncio.sleep(0.01)
+    assert a.review_errors == 2
+    clock.advance(0.2)  # expired, no grace: the API server's failure is the answer now
+    with pytest.raises(ServiceUnavailable, match="SubjectAccessReview failed"):
+        await metric_access(a)
+
+
 async def test_authorize_cache_key_covers_identity_and_request(api: FakeClusterAPI, clock: FakeClock) -> None:
     a = authz(api, clock)
     await metric_access(a)

@@ -29,7 +29,7 @@ class Authz:
 
 
 async def test_forbidden_carries_the_user_for_the_log_line() -> None:
-    tls = SimpleNamespace(context=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    tls = SimpleNamespace(context=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), asks_client_certificates=False)
     guard = RequestGuard(tls, Authn(), Authz())  # type: ignore[arg-type]
     request = make_mocked_request("GET", "/apis/external.metrics.k8s.io/v1beta1/namespaces/a/m")
     with pytest.raises(Forbidden) as info:

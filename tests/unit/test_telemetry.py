@@ -19,7 +19,7 @@ def samples(telemetry: Telemetry) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 
 def counters(**values: int) -> Any:
-    return SimpleNamespace(reviews=0, cache_hits=0, review_errors=0, stale_uses=0, **values)
+    return SimpleNamespace(reviews=0, cache_hits=0, refreshes=0, review_errors=0, stale_uses=0, **values)
 
 
 def test_security_counters_are_exported_from_the_live_objects() -> None:
@@ -31,6 +31,7 @@ def test_security_counters_are_exported_from_the_live_objects() -> None:
     telemetry.watch_security(SimpleNamespace(tls=tls, guard=SimpleNamespace(authenticator=authn,
                                                                             authorizer=authz)))
     authn.reviews, authn.cache_hits, authz.review_errors, authz.stale_uses = 3, 40, 2, 5
+    authn.refreshes = 4
     tls.restart_required = True
     got = samples(telemetry)
     assert got[("latency_adapter_tls_reloads_total", (("outcome", "ok"),))] == 2
@@ -40,3 +41,4 @@ def test_security_counters_are_exported_from_the_live_objects() -> None:
     assert got[("latency_adapter_auth_reviews_total", (("kind", "token"), ("result", "cache_hit")))] == 40
     assert got[("latency_adapter_auth_reviews_total", (("kind", "access"), ("result", "error")))] == 2
     assert got[("latency_adapter_auth_reviews_total", (("kind", "access"), ("result", "stale_use")))] == 5
+    assert got[("latency_adapter_auth_reviews_total", (("kind", "token"), ("result", "refresh_ahead")))] == 4
