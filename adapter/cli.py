@@ -84,13 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     sec.add_argument("--authorization-always-allow-paths", type=_csv, default=None,
                      help="comma-separated paths served without authorisation (default "
                           "/healthz,/readyz,/livez)")
+    cpu = serve.add_argument_group("workload CPU (for the dual-signal policy)")
+    cpu.add_argument("--cpu-source", choices=("auto", "kubernetes", "otlp"), default=None,
+                     help="auto (default): poll metrics-server and pod specs when in a cluster or given "
+                          "--kubeconfig, else OTLP CPU metrics only; kubernetes: require the API; otlp: "
+                          "never poll")
+    cpu.add_argument("--cpu-poll-seconds", type=float, default=None,
+                     help="how often workload CPU is polled from the Kubernetes API (default 15)")
+    cpu.add_argument("--kubeconfig", type=Path, default=None,
+                     help="kubeconfig for reading Deployments, pods and PodMetrics (default: in-cluster)")
     serve.add_argument("--demo", action="store_true",
                        help="also run the demo traffic generator against this adapter's OTLP port")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=None)
 
     demo = sub.add_parser("demo", help="send demo OTLP traffic to an adapter (or any OTLP receiver)",
                           description="Generate demo traffic with the OpenTelemetry SDK: two workloads in "
-                                      "namespace 'demo'; checkout slows down periodically.")
+                                      "namespace 'demo'; checkout periodically slows down on a "
+                                      "dependency (low CPU), catalog gets CPU-bound busy phases.")
     demo.add_argument("--otlp-endpoint", default="http://127.0.0.1:4318",
                       help="OTLP/HTTP base URL (default http://127.0.0.1:4318)")
     demo.add_argument("--rate", type=float, default=50.0, help="requests per second per workload")
@@ -124,8 +134,16 @@ def _serve(args: argparse.Namespace) -> int:
             "authorization_always_allow_paths")
         if getattr(args, name) is not None
     }
+    cpu = {name: value for name, value in (("source", args.cpu_source),
+                                           ("poll_seconds", args.cpu_poll_seconds)) if value is not None}
+    if args.cpu_poll_seconds is not None and not 1 <= args.cpu_poll_seconds <= 3600:
+        bad = ConfigError("--cpu-poll-seconds", args.cpu_poll_seconds, "must be between 1 and 3600")
+        print(f"latency-adapter: invalid configuration: {bad}", file=sys.stderr)
+        return EXIT_USAGE
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
                                    insecure_no_auth=args.insecure_no_auth, demo=args.demo,
+                                   kubeconfig=args.kubeconfig,
+                                   cpu=dataclasses.replace(settings.cpu, **cpu),
                                    security=dataclasses.replace(settings.security, **security))
     setup_logging(settings.log_level)
     try:
@@ -160,12 +178,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Validate every section of the file, as ``serve`` would at start; one line on stdout or stderr."""
     try:
-        load_settings(args.file)
+        settings = load_settings(args.file)
     except ConfigError as exc:
         print(f"{args.file}: invalid: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{args.file}: ok")
+    print(f"{args.file}: ok: {settings.policy.summary()}")
     return 0
 
 

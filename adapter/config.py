@@ -10,9 +10,21 @@ store:  {window_seconds: 60, slice_seconds: 5, refresh_seconds: 1, max_series: 1
          max_series_per_namespace: 2000}
 otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_namespace: default,
          split_routes: true, max_label_length: 128}
+cpu:    {source: auto, poll_seconds: 15}
 log_level: info
+defaults: {latency_target_seconds: 0.25, cpu_target_utilization: 0.6, min_samples: 50,
+           cpu_floor: 0.3, stale_after_seconds: 60, quantile: p95}
+workloads:
+  - {namespace: shop, workload: "checkout*", latency_target_seconds: 0.4}
+canaries:
+  - {namespace: shop, canary: checkout-canary, baseline: checkout}
 ```
 Command-line flags (ports, bind address, certificate directory) override the file.
+
+``defaults``, ``workloads`` and ``canaries`` are the policy (:mod:`adapter.policy_config`, which checks
+them and documents the override rule: matching ``workloads`` entries apply in file order on top of
+``defaults``, later ones overriding earlier ones key by key). They are the only sections re-read while
+running (:class:`~adapter.policy_config.PolicyWatcher`); a change to any other section needs a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ import yaml
 
 from .api.security import SecuritySettings
 from .errors import ConfigError
+from .policy_config import POLICY_SECTIONS, PolicyConfig, policy_from_mapping
+from .sources.kubernetes import CPU_SOURCES, CpuSourceSettings
 from .sources.otlp import ReceiverSettings
 from .sources.otlp_ingest import IngestSettings
 from .store import StoreSettings
@@ -52,6 +66,14 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    cpu: CpuSourceSettings = field(default_factory=CpuSourceSettings)
+    #: kubeconfig for reading workloads, pods and PodMetrics (``None``: in-cluster when in a pod).
+    kubeconfig: Path | None = None
+    #: Per-workload targets and canary pairs (``defaults``, ``workloads``, ``canaries``).
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: The file these settings were read from (``None``: built-in defaults). Not part of equality:
+    #: where settings came from does not change what they are.
+    config_path: Path | None = field(default=None, compare=False)
 
 
 #: Extra range checks: key -> (predicate, what it must be).
@@ -67,12 +89,15 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "otlp.max_label_length": (lambda v: 1 <= v <= 1024, "between 1 and 1024"),
     "otlp.max_streams": (lambda v: v >= 1, "at least 1"),
     "otlp.default_namespace": (lambda v: 0 < len(v) <= 63, "a namespace name (1 to 63 characters)"),
+    "cpu.source": (lambda v: v in CPU_SOURCES, "one of " + ", ".join(CPU_SOURCES)),
+    "cpu.poll_seconds": (lambda v: 1 <= v <= 3600, "between 1 and 3600"),
 }
 
 #: File section -> (settings attribute, dataclass). ``otlp`` feeds two dataclasses.
 _SECTIONS: dict[str, tuple[tuple[str, type[Any]], ...]] = {
     "store": (("store", StoreSettings),),
     "otlp": (("ingest", IngestSettings), ("receiver", ReceiverSettings)),
+    "cpu": (("cpu", CpuSourceSettings),),
 }
 
 
@@ -124,6 +149,8 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
         raise ConfigError("<root>", doc, "the config file must be a mapping of sections")
     updates: dict[str, Any] = {}
     for section, body in doc.items():
+        if section in POLICY_SECTIONS:
+            continue  # checked together below
         if section == "log_level":
             level = _check_type("log_level", body, str).lower()
             if level not in LOG_LEVELS:
@@ -133,7 +160,7 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
         targets = _SECTIONS.get(str(section))
         if targets is None:
             raise ConfigError(str(section), body, "is not a known section; known: "
-                              + ", ".join(sorted([*_SECTIONS, "log_level"])))
+                              + ", ".join(sorted([*_SECTIONS, "log_level", *POLICY_SECTIONS])))
         if not isinstance(body, dict):
             raise ConfigError(str(section), body, "must be a mapping")
         known: dict[str, tuple[str, type[Any]]] = {}
@@ -160,17 +187,17 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
     if receiver.max_decompressed_bytes < receiver.max_body_bytes:
         raise ConfigError("otlp.max_decompressed_bytes", receiver.max_decompressed_bytes,
                           "must be at least otlp.max_body_bytes")
+    updates["policy"] = policy_from_mapping(doc, base.policy)
     return dataclasses.replace(base, **updates)
 
 
-def load_settings(path: Path | None, base: Settings | None = None) -> Settings:
-    """Read and validate the config file at ``path`` (``None``: built-in defaults)."""
-    if path is None:
-        return base or Settings()
+def settings_from_bytes(data: bytes, path: Path, base: Settings | None = None) -> Settings:
+    """Validate the bytes of the config file at ``path`` (named in messages); raises :class:`ConfigError`.
+
+    The one parser of the file, used at start, by ``check-config`` and by every live reload.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror or exc}") from exc
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         problem = f"is not UTF-8 text: {exc.reason} at byte {exc.start}"
         raise ConfigError("--config", str(path), problem) from exc
@@ -178,4 +205,17 @@ def load_settings(path: Path | None, base: Settings | None = None) -> Settings:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("--config", str(path), f"is not valid YAML: {exc}") from exc
-    return settings_from_mapping(doc, base)
+    except RecursionError as exc:
+        raise ConfigError("--config", str(path), "is not valid YAML: nested too deeply") from exc
+    return dataclasses.replace(settings_from_mapping(doc, base), config_path=path)
+
+
+def load_settings(path: Path | None, base: Settings | None = None) -> Settings:
+    """Read and validate the config file at ``path`` (``None``: built-in defaults)."""
+    if path is None:
+        return base or Settings()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror or exc}") from exc
+    return settings_from_bytes(data, path, base)

@@ -15,13 +15,16 @@ so the adapter does not carry its own copy of that logic. Its costs are handled 
   the response body, which echoes the token).
 * urllib3 retries by default, which would multiply the timeout. Retries are off: one attempt, bounded by
   ``timeout_seconds``; the callers cache decisions and decide what a failure means.
+* Its models are slow to build for big lists. Pod and pod-metrics lists are read as raw JSON and only
+  the few fields the CPU source needs are picked out (:class:`~adapter.kube.WorkloadAPI`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import urllib3
@@ -29,13 +32,17 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from adapter.errors import BadSelector
 from adapter.kube import (
     AccessDecision,
     AccessRequest,
     ClusterAPIError,
+    PodInfo,
     TokenReviewResult,
     UserInfo,
+    WorkloadSelector,
 )
+from adapter.quantity import parse_quantity
 
 T = TypeVar("T")
 
@@ -57,6 +64,8 @@ class KubernetesClusterAPI:
         self._core = k8s.CoreV1Api(api_client)
         self._authn = k8s.AuthenticationV1Api(api_client)
         self._authz = k8s.AuthorizationV1Api(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
 
     @classmethod
     def from_kubeconfig(cls, path: str | None, timeout_seconds: float = 5.0) -> KubernetesClusterAPI:
@@ -163,6 +172,78 @@ class KubernetesClusterAPI:
         what = f"access review ({request.verb} {request.group}/{request.resource} in {request.namespace!r})"
         return await self._run(what, call)
 
+    async def workload_selector(self, namespace: str, name: str) -> WorkloadSelector | None:
+        """The ``spec.selector`` of Deployment ``namespace/name``, else of the StatefulSet of that name.
+
+        A 404 is an answer ("no such workload of this kind"), not an error; None when neither exists.
+        """
+        readers = (("Deployment", self._apps.read_namespaced_deployment),
+                   ("StatefulSet", self._apps.read_namespaced_stateful_set))
+        for kind, read in readers:
+
+            def call(kind: str = kind, read: Callable[..., Any] = read) -> WorkloadSelector | None:
+                try:
+                    workload = read(name, namespace, _request_timeout=self._timeout)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+                return _workload_selector(kind, namespace, name, workload)
+
+            found = await self._run(f"read {kind.lower()} {namespace}/{name}", call)
+            if found is not None:
+                return found
+        return None
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[PodInfo]:
+        """The pods of ``namespace`` matching ``label_selector``, with readiness and CPU requests.
+
+        ``resourceVersion=0`` lets the API server answer from its watch cache instead of a quorum read
+        from etcd: a poller asking every 15 s needs "recent", not "linearizable", and this is the read
+        informers (and so the HPA) use.
+        """
+
+        def call() -> list[PodInfo]:
+            document = self._raw_json(self._core.list_namespaced_pod(
+                namespace, label_selector=label_selector or None, resource_version="0",
+                _request_timeout=self._timeout, _preload_content=False))
+            return [_pod_info(namespace, item) for item in _items(document, "PodList")]
+
+        return await self._run(f"list pods in {namespace!r} ({label_selector or 'all'})", call)
+
+    async def list_pod_metrics(self, namespace: str, label_selector: str) -> dict[str, float]:
+        """``metrics.k8s.io/v1beta1`` PodMetrics of the matching pods: name -> CPU cores in use.
+
+        A 404 here usually means metrics-server (or another metrics API provider) is not installed;
+        it is reported as an error like any other, with the API server's message.
+        """
+
+        def call() -> dict[str, float]:
+            document = self._custom.list_namespaced_custom_object(
+                "metrics.k8s.io", "v1beta1", namespace, "pods", label_selector=label_selector or None,
+                _request_timeout=self._timeout)
+            usage: dict[str, float] = {}
+            for item in _items(document, "PodMetricsList"):
+                name, cores = _pod_usage(namespace, item)
+                if cores is not None:
+                    usage[name] = cores
+            return usage
+
+        return await self._run(f"list pod metrics in {namespace!r} ({label_selector or 'all'})", call)
+
+    @staticmethod
+    def _raw_json(response: Any) -> Any:
+        """The JSON body of an unparsed (``_preload_content=False``) response; the connection goes back
+        to the pool."""
+        try:
+            data = response.data
+        finally:
+            response.release_conn()
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise _BadAnswer("the API server answered something that is not JSON") from None
+
     async def _run(self, what: str, call: Callable[[], T], secret: str = "") -> T:
         """Run ``call`` in a thread; turn every failure into a short, secret-free :class:`ClusterAPIError`.
 
@@ -196,8 +277,89 @@ def _user_from(user: k8s.V1UserInfo | None) -> UserInfo | None:
     )
 
 
+class _BadAnswer(Exception):
+    """The API server answered, but not with something usable; the text says what was wrong."""
+
+
+def _workload_selector(kind: str, namespace: str, name: str, workload: Any) -> WorkloadSelector:
+    """A :class:`WorkloadSelector` from a ``V1Deployment``/``V1StatefulSet``; checked, so a selector the
+    adapter cannot turn into a query fails here with the workload named."""
+    spec = getattr(workload, "spec", None)
+    selector = getattr(spec, "selector", None)
+    if selector is None:
+        raise _BadAnswer(f"{kind} {namespace}/{name} has no spec.selector")
+    result = WorkloadSelector(
+        kind=kind,
+        match_labels=dict(selector.match_labels or {}),
+        match_expressions=tuple(
+            (str(e.key), str(e.operator), tuple(e.values or ())) for e in selector.match_expressions or ()),
+    )
+    try:
+        result.selector()
+    except BadSelector as exc:
+        raise _BadAnswer(f"the selector of {kind} {namespace}/{name} cannot be used: {exc}") from None
+    return result
+
+
+def _items(document: Any, kind: str) -> list[dict[str, Any]]:
+    """The ``items`` of a list answer, checked enough that a wrong answer is an error, not a crash."""
+    items = document.get("items") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise _BadAnswer(f"the API server answered something that is not a {kind}")
+    return items
+
+
+def _cpu_cores(text: Any, what: str) -> Decimal:
+    """A CPU quantity (``"250m"``, ``"1"``, ``"1234567n"``) in cores; the JSON decoder trims blanks."""
+    try:
+        return parse_quantity(str(text).strip())
+    except ValueError:
+        raise _BadAnswer(f"{what} is not a quantity: {_short(repr(text))}") from None
+
+
+def _pod_info(namespace: str, item: dict[str, Any]) -> PodInfo:
+    """The :class:`PodInfo` of one ``PodList`` item (see :class:`PodInfo` for what counts)."""
+    metadata = item.get("metadata") or {}
+    spec = item.get("spec") or {}
+    status = item.get("status") or {}
+    name = str(metadata.get("name") or "")
+    ready = (
+        status.get("phase") == "Running"
+        and not metadata.get("deletionTimestamp")
+        and any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or ())
+    )
+    # Native sidecars (init containers with restartPolicy Always) run next to the app containers.
+    containers: Iterable[dict[str, Any]] = [
+        *(spec.get("containers") or ()),
+        *(c for c in spec.get("initContainers") or () if c.get("restartPolicy") == "Always"),
+    ]
+    total = Decimal(0)
+    for container in containers:
+        cpu = ((container.get("resources") or {}).get("requests") or {}).get("cpu")
+        if cpu is None:
+            return PodInfo(name, ready, None)
+        total += _cpu_cores(cpu, f"pod {namespace}/{name}: container {container.get('name')!r} CPU request")
+    return PodInfo(name, ready, float(total) if total > 0 else None)
+
+
+def _pod_usage(namespace: str, item: dict[str, Any]) -> tuple[str, float | None]:
+    """Pod name and CPU cores in use from one ``PodMetrics`` item; None when a container has no CPU
+    figure (an incomplete sample is left out rather than under-counted)."""
+    name = str((item.get("metadata") or {}).get("name") or "")
+    total = Decimal(0)
+    for container in item.get("containers") or ():
+        cpu = (container.get("usage") or {}).get("cpu")
+        if cpu is None:
+            return name, None
+        total += _cpu_cores(cpu, f"pod metrics {namespace}/{name}: container {container.get('name')!r} usage")
+    return name, float(total)
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     """One short line about why a call failed, without response bodies (they may echo the request)."""
+    if isinstance(exc, _BadAnswer):
+        return str(exc)
     if isinstance(exc, ApiException):
         status = int(exc.status or 0)
         if status == 0:  # the client wraps TLS failures as status 0 with "SSLError\n<text>"

@@ -17,8 +17,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import MetricNotFound, NoData, quote
+from .cpu import CpuSignals
+from .dual_signal import DUAL_SIGNAL_HELP, DualSignal, PolicyLookup
+from .errors import BadRequest, MetricNotFound, NoData, quote
 from .model import Reading
+from .policy_config import PolicyConfig
 from .selector import Selector
 from .store import WindowStore, WindowView
 
@@ -36,6 +39,7 @@ METRIC_HELP: dict[str, str] = {
     "latency_p99_seconds": "99th percentile request latency over the window, seconds",
     "request_rate": "requests per second over the window",
     "error_ratio": "failed requests / all requests over the window (0..1)",
+    **DUAL_SIGNAL_HELP,
 }
 
 #: Cached answers kept at most; the cache is cleared when it grows past this (one tick's worth).
@@ -46,7 +50,7 @@ MAX_CACHED = 20_000
 class _Cached:
     tick: int
     reading: Reading | None
-    error: NoData | None
+    error: NoData | BadRequest | None
 
 
 def _value_of(metric: str, view: WindowView) -> tuple[float, dict[str, str]]:
@@ -72,9 +76,13 @@ def _value_of(metric: str, view: WindowView) -> tuple[float, dict[str, str]]:
 class MetricsProvider:
     """Computes and caches :class:`Reading` values for the external metrics API."""
 
-    def __init__(self, store: WindowStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: WindowStore, clock: Callable[[], float], cpu: CpuSignals | None = None,
+                 policy: Callable[[], PolicyLookup] | None = None) -> None:
         self.store = store
         self._clock = clock
+        self.cpu = cpu if cpu is not None else CpuSignals()
+        default = PolicyConfig()
+        self.dual = DualSignal(store, self.cpu, policy or (lambda: default))
         self._cache: dict[tuple[str, str, str], _Cached] = {}
         self.computed = 0
 
@@ -108,12 +116,21 @@ class MetricsProvider:
             self._cache[key] = cached
         if cached.error is not None:
             # A fresh exception per request: re-raising the cached one would grow its traceback forever.
-            raise NoData(str(cached.error))
+            raise type(cached.error)(str(cached.error))
         assert cached.reading is not None
         return cached.reading
 
     def _compute(self, namespace: str, metric: str, selector: Selector, tick: int, at: float) -> _Cached:
         self.computed += 1
+        if metric in DUAL_SIGNAL_HELP:
+            try:
+                served = self.dual.value(metric, namespace, selector, at)
+            except NoData as exc:
+                return _Cached(tick, None, NoData(f"no value for metric {metric!r}: {exc}"))
+            except BadRequest as exc:
+                return _Cached(tick, None, exc)
+            return _Cached(tick, Reading(metric, served.value, at, self.store.settings.window_seconds,
+                                         served.labels), None)
         matched = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
         view = self.store.view(matched, now=at)
         settings = self.store.settings

@@ -18,19 +18,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .api.ops import build_ops_app
 from .api.routes import build_api_app
-from .api.security import SecureParts, build_secure, build_tls
+from .api.security import SecureParts, build_secure, build_tls, in_cluster
 from .config import Settings
+from .cpu import CpuSignals
+from .errors import ConfigError
+from .policy_config import PolicyConfig, PolicyWatcher
 from .provider import MetricsProvider
+from .sources.kubernetes import KubernetesCpuSource
 from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
 from .sources.otlp_ingest import OtlpIngestor
 from .store import WindowStore
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .kube_client import KubernetesClusterAPI
 
 log = logging.getLogger("adapter.service")
 
@@ -63,8 +70,15 @@ class Service:
         self.clock = clock
         self.store = WindowStore(settings.store)
         self.telemetry = Telemetry(self.store)
-        self.ingestor = OtlpIngestor(self.store, settings.ingest, started_unix_nano=int(clock() * 1e9))
-        self.provider = MetricsProvider(self.store, clock)
+        self.cpu = CpuSignals()
+        self.ingestor = OtlpIngestor(self.store, settings.ingest, started_unix_nano=int(clock() * 1e9),
+                                     cpu=self.cpu)
+        self.policy: PolicyConfig = settings.policy
+        self.policy_watcher: PolicyWatcher | None = None
+        self.cpu_source: KubernetesCpuSource | None = None
+        self._kube: KubernetesClusterAPI | None = None
+        self.provider = MetricsProvider(self.store, clock, self.cpu, lambda: self.policy)
+        self._reasons: dict[tuple[str, str], str] = {}
         self._runners: list[web.AppRunner] = []
         self.secure: SecureParts | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +111,12 @@ class Service:
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
         self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))
+        if s.config_path is not None:
+            self.policy_watcher = PolicyWatcher(s.config_path, s.policy)
+            self.telemetry.watch_policy(self.policy_watcher)
+            self._tasks.append(asyncio.create_task(self.policy_watcher.watch(self._apply_policy),
+                                                   name="policy-watch"))
+        self._start_cpu_source()
         if s.insecure_no_auth:
             self._tasks.append(asyncio.create_task(self._insecure_reminder(), name="insecure-reminder"))
         self._ready = True
@@ -105,6 +125,46 @@ class Service:
             "telemetry_port": ops, "insecure_no_auth": s.insecure_no_auth,
             "window_seconds": s.store.window_seconds, "slice_seconds": s.store.slice_seconds}})
         return self.ports
+
+    def _apply_policy(self, policy: PolicyConfig) -> None:
+        self.policy = policy
+
+    def _start_cpu_source(self) -> None:
+        """Poll workload CPU from the Kubernetes API when there is one (``cpu.source``, ``--kubeconfig``)."""
+        s = self.settings
+        wanted = s.cpu.source == "kubernetes" or (
+            s.cpu.source == "auto" and (s.kubeconfig is not None or in_cluster()))
+        if not wanted:
+            log.info("workload CPU from OTLP metrics only", extra={"fields": {
+                "event": "cpu_source", "source": "otlp", "why": (
+                    "cpu.source is otlp" if s.cpu.source == "otlp"
+                    else "not in a cluster and no --kubeconfig")}})
+            return
+        from .kube_client import KubernetesClusterAPI  # the kubernetes client is imported only when needed
+
+        try:
+            self._kube = KubernetesClusterAPI.from_kubeconfig(str(s.kubeconfig) if s.kubeconfig else None)
+        except Exception as exc:  # the kubernetes client raises many kinds for a bad kubeconfig
+            raise ConfigError("--kubeconfig", str(s.kubeconfig or "<in-cluster>"),
+                              f"cannot be loaded for the CPU source: {exc}") from exc
+        self.cpu_source = KubernetesCpuSource(self._kube, self.cpu, interval_seconds=s.cpu.poll_seconds,
+                                              clock=self.clock)
+        self.telemetry.watch_cpu_source(self.cpu_source)
+        self._tasks.append(asyncio.create_task(self.cpu_source.run(self._workloads_to_poll),
+                                               name="cpu-poller"))
+        log.info("workload CPU from the Kubernetes API", extra={"fields": {
+            "event": "cpu_source", "source": "kubernetes", "poll_seconds": s.cpu.poll_seconds,
+            "kubeconfig": str(s.kubeconfig or "<in-cluster>")}})
+
+    def _workloads_to_poll(self) -> list[tuple[str, str]]:
+        """Workloads with latency data, plus every workload the config names without a glob."""
+        found = {(x.key.namespace, x.key.workload) for x in self.store.all_series()}
+        for override in self.policy.workloads:
+            if not any(c in override.namespace + override.workload for c in "*?["):
+                found.add((override.namespace, override.workload))
+        for pair in self.policy.canaries:
+            found.update({(pair.namespace, pair.canary), (pair.namespace, pair.baseline)})
+        return sorted(found)
 
     async def _listen(self, app: web.Application, port: int, ssl_context: object = None,
                       runner_options: dict[str, Any] | None = None) -> int:
@@ -124,10 +184,30 @@ class Service:
             delay = slice_seconds - (now % slice_seconds) + 0.01
             await asyncio.sleep(delay)
             try:
-                self.store.advance(self.clock())
+                now = self.clock()
+                self.store.advance(now)
                 self.telemetry.sync_store_counters()
+                self._publish_decisions(now)
             except Exception:  # keep ticking: a bug here must not freeze every window
                 log.exception("slice ticker failed")
+
+    def _publish_decisions(self, now: float) -> None:
+        """Evaluate the policy for every workload once per slice: ``/metrics`` and a log line per change."""
+        decisions = self.provider.dual.all_decisions(now)
+        self.telemetry.record_decisions(decisions)
+        reasons = {key: (d.reason if d is not None else "none") for key, d in decisions.items()}
+        for (namespace, workload), reason in reasons.items():
+            before = self._reasons.get((namespace, workload))
+            if before != reason:
+                decision = decisions[(namespace, workload)]
+                log.info("dual-signal decision changed", extra={"fields": {
+                    "event": "decision_changed", "namespace": namespace, "workload": workload,
+                    "reason": reason, "previous": before,
+                    "ratio": round(decision.ratio, 4) if decision else None,
+                    "latency_ratio": _rounded(decision.latency_ratio if decision else None),
+                    "cpu_ratio": _rounded(decision.cpu_ratio if decision else None),
+                    "trace_id": decision.trace_id if decision else None}})
+        self._reasons = reasons
 
     async def _insecure_reminder(self) -> None:
         while True:
@@ -148,6 +228,13 @@ class Service:
             await runner.cleanup()
         self._runners.clear()
         self._tasks.clear()
+        if self._kube is not None:
+            self._kube.close()
+            self._kube = None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _start_demo(endpoint: str, stop: threading.Event) -> threading.Thread:
@@ -171,11 +258,14 @@ def _print_demo_help(ports: BoundPorts) -> None:
         f"  curl -sk '{base}/latency_p95_seconds?labelSelector=workload%3Dcatalog'",
         f"  curl -sk '{base}/request_rate?labelSelector=workload%3Dcheckout'",
         f"  curl -sk '{base}/error_ratio?labelSelector=workload%3Dcheckout'",
+        f"  curl -sk '{base}/dual_signal_ratio?labelSelector=workload%3Dcheckout'",
+        f"  curl -sk '{base}/cpu_utilization?labelSelector=workload%3Dcatalog'",
         f"  curl -s  'http://127.0.0.1:{ports.telemetry}/debug/workloads'",
         f"  curl -s  'http://127.0.0.1:{ports.telemetry}/metrics'",
         "",
-        "The trace_id in metricLabels is a real request near the p95. checkout slows down for 30 s "
-        "every 2 minutes. Ctrl-C stops everything.",
+        "The trace_id in metricLabels is a real request near the p95. Every 2 minutes checkout slows "
+        "down for 30 s on a slow dependency (dual_signal_ratio reason: dependency_latency) and catalog "
+        "gets a CPU-bound busy phase (reason: cpu). Ctrl-C stops everything.",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -23,10 +23,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .policy import Decision
 from .store import WindowStore
 
 if TYPE_CHECKING:
     from .api.security import SecureParts
+    from .policy_config import PolicyWatcher
+    from .sources.kubernetes import KubernetesCpuSource
 
 API_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -94,6 +97,97 @@ class _SecurityCollector(Collector):
         yield reviews
 
 
+class _PolicyCollector(Collector):
+    """Reloads of the policy part of the config file, read at scrape time."""
+
+    def __init__(self, watcher: PolicyWatcher) -> None:
+        self._watcher = watcher
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        w = self._watcher
+        reloads = CounterMetricFamily("latency_adapter_config_reloads",
+                                      "Policy reloads from the config file, by outcome (failed: the old "
+                                      "policy stays; the log says why).", labels=["outcome"])
+        reloads.add_metric(["ok"], w.reloads)
+        reloads.add_metric(["failed"], w.reload_failures)
+        yield reloads
+        restart = GaugeMetricFamily("latency_adapter_config_restart_required",
+                                    "1 when the config file changed outside the policy sections, which "
+                                    "applies only at the next start.")
+        restart.add_metric([], 1.0 if w.restart_required else 0.0)
+        yield restart
+
+
+class _CpuSourceCollector(Collector):
+    """The Kubernetes CPU poller's plain-int counters, read at scrape time."""
+
+    def __init__(self, source: KubernetesCpuSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        src = self._source
+        rounds = CounterMetricFamily("latency_adapter_cpu_poll_rounds",
+                                     "Rounds of polling metrics-server and pod specs for workload CPU.")
+        rounds.add_metric([], src.polls)
+        yield rounds
+        errors = CounterMetricFamily("latency_adapter_cpu_poll_errors",
+                                     "Workload CPU polls that failed (the last reading is kept until stale).")
+        errors.add_metric([], src.poll_errors)
+        yield errors
+        missing = CounterMetricFamily("latency_adapter_cpu_workloads_not_found",
+                                      "Polled workloads that are neither a Deployment nor a StatefulSet.")
+        missing.add_metric([], src.workloads_not_found)
+        yield missing
+        without = GaugeMetricFamily(
+            "latency_adapter_cpu_pods_without_requests",
+            "Ready pods left out of CPU utilisation because they declare no CPU request (0 not exported).",
+            labels=["namespace", "workload"])
+        for (namespace, workload), n in list(src.pods_without_requests.items())[:MAX_DECISION_SERIES]:
+            if n:
+                without.add_metric([namespace, workload], n)
+        yield without
+
+
+#: Workloads whose current decision is exported at most (one series each); the rest are counted.
+MAX_DECISION_SERIES = 2_000
+
+
+class _DecisionCollector(Collector):
+    """The policy's latest decision per workload: one series each, whose ``reason`` label follows it."""
+
+    def __init__(self) -> None:
+        self.current: dict[tuple[str, str], Decision | None] = {}
+        self.left_out = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(
+            "latency_adapter_dual_signal_ratio",
+            "The dual_signal_ratio the HPA is served, per workload, with the reason of the decision.",
+            labels=["namespace", "workload", "reason"])
+        latency = GaugeMetricFamily(
+            "latency_adapter_latency_ratio", "Latency quantile / latency target behind the decision.",
+            labels=["namespace", "workload"])
+        cpu = GaugeMetricFamily(
+            "latency_adapter_cpu_ratio", "CPU utilisation / CPU target behind the decision.",
+            labels=["namespace", "workload"])
+        for (namespace, workload), decision in self.current.items():
+            if decision is None:
+                continue
+            ratio.add_metric([namespace, workload, decision.reason], decision.ratio)
+            if decision.latency_ratio is not None:
+                latency.add_metric([namespace, workload], decision.latency_ratio)
+            if decision.cpu_ratio is not None:
+                cpu.add_metric([namespace, workload], decision.cpu_ratio)
+        yield ratio
+        yield latency
+        yield cpu
+        left_out = GaugeMetricFamily(
+            "latency_adapter_decision_series_left_out",
+            f"Workloads beyond the {MAX_DECISION_SERIES} whose decisions are exported (still served).")
+        left_out.add_metric([], self.left_out)
+        yield left_out
+
+
 class Telemetry:
     """Metrics of one running service."""
 
@@ -129,13 +223,36 @@ class Telemetry:
             "latency_adapter_series_dropped",
             "Samples dropped because a series cap was reached, by cap.", ["cap"], registry=r,
         )
+        self.decisions = Counter(
+            "latency_adapter_decisions",
+            "Dual-signal policy evaluations by reason (none: neither signal usable, the HPA holds).",
+            ["reason"], registry=r,
+        )
+        self._decisions = _DecisionCollector()
+        r.register(self._decisions)
         r.register(_StoreCollector(store))
         self._store = store
         self._dropped_seen: dict[str, int] = {}
 
+    def watch_policy(self, watcher: PolicyWatcher) -> None:
+        """Export the policy file watcher's reload counters."""
+        self.registry.register(_PolicyCollector(watcher))
+
+    def watch_cpu_source(self, source: KubernetesCpuSource) -> None:
+        """Export the Kubernetes CPU poller's counters (called when the poller runs)."""
+        self.registry.register(_CpuSourceCollector(source))
+
     def watch_security(self, parts: SecureParts) -> None:
         """Export the secure listener's TLS and auth counters (called once secure mode is built)."""
         self.registry.register(_SecurityCollector(parts))
+
+    def record_decisions(self, decisions: dict[tuple[str, str], Decision | None]) -> None:
+        """Publish one evaluation of every workload: count each by reason, keep the first N for gauges."""
+        for decision in decisions.values():
+            self.decisions.labels(decision.reason if decision is not None else "none").inc()
+        kept = dict(list(decisions.items())[:MAX_DECISION_SERIES])
+        self._decisions.current = kept
+        self._decisions.left_out = len(decisions) - len(kept)
 
     def sync_store_counters(self) -> None:
         """Move the store's plain-int drop counts into Prometheus counters (called by the ticker)."""

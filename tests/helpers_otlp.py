@@ -241,3 +241,57 @@ def otlp_json(message: Any) -> bytes:
     doc = json_format.MessageToDict(message, use_integers_for_enums=True)
     _ids_to_hex(doc)
     return json.dumps(doc).encode("utf-8")
+
+
+# --- number metrics (gauges and sums) --------------------------------------------------------------------
+
+
+def number_point(
+    value: float | int,
+    time_ns: int,
+    attrs: Mapping[str, AttrValue] | None = None,
+    start_ns: int = 0,
+    flags: int = 0,
+) -> metrics_pb2.NumberDataPoint:
+    """A gauge or sum point: ``as_int`` for a Python int, ``as_double`` for a float."""
+    point = metrics_pb2.NumberDataPoint(time_unix_nano=time_ns, start_time_unix_nano=start_ns, flags=flags)
+    if isinstance(value, int):
+        point.as_int = value
+    else:
+        point.as_double = value
+    set_attributes(point.attributes, attrs or {})
+    return point
+
+
+def gauge_metric(name: str, unit: str, points: Sequence[metrics_pb2.NumberDataPoint]) -> metrics_pb2.Metric:
+    metric = metrics_pb2.Metric(name=name, unit=unit)
+    metric.gauge.data_points.extend(points)
+    return metric
+
+
+def sum_metric(
+    name: str,
+    unit: str,
+    points: Sequence[metrics_pb2.NumberDataPoint],
+    temporality: int = CUMULATIVE,
+    monotonic: bool = False,
+) -> metrics_pb2.Metric:
+    metric = metrics_pb2.Metric(name=name, unit=unit)
+    metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+    metric.sum.is_monotonic = monotonic
+    metric.sum.data_points.extend(points)
+    return metric
+
+
+def metrics_request_of(
+    resources: Iterable[tuple[Mapping[str, AttrValue], Sequence[metrics_pb2.Metric]]],
+) -> ExportMetricsServiceRequest:
+    """One ``ResourceMetrics`` per ``(resource attributes, metrics)`` pair, one scope each."""
+    request = ExportMetricsServiceRequest()
+    for attrs, metrics in resources:
+        rm = request.resource_metrics.add()
+        set_attributes(rm.resource.attributes, attrs)
+        sm = rm.scope_metrics.add()
+        sm.scope.name = "tests"
+        sm.metrics.extend(metrics)
+    return request

@@ -16,11 +16,15 @@ differenced against its previous point; a restart (new start time, or any count 
 point a delta from zero. The first point of a stream that started before this process is only a baseline
 (its counts include requests from before the window); one that started after it counts in full.
 
+CPU (``k8s.pod.cpu.usage``, ``k8s.container.cpu.request``): read by :mod:`adapter.sources.otlp_cpu` into
+the :class:`~adapter.cpu.CpuSignals` given to the ingestor (without one they are ignored), with the same
+namespace and workload resolution, label limits and rejection accounting.
+
 Series key (DESIGN section 6): ``k8s.namespace.name`` (else the configured default namespace), workload
 ``k8s.deployment.name`` else ``service.name``, and ``http.route`` when route splitting is on.
 
-Length: about 520 lines; spans and histograms share the series keys, limits and rejection
-accounting. Split the histogram import out when a third signal arrives.
+Length: about 540 lines; spans and histograms share the series keys, limits and rejection
+accounting. CPU has its own module; split the histogram import out too if this one grows further.
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from ..cpu import CpuSignals
 from ..errors import BadRequest
 from ..model import Exemplar, SeriesKey, label_value
 from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
 from ..store import WindowStore
-from .otlp_view import LeanTraceRequest
+from .otlp_cpu import CPU_METRICS, CpuBatch, CpuImporter
+from .otlp_view import LeanTraceRequest, attr_text
 
 log = logging.getLogger("adapter.otlp")
 
@@ -110,27 +116,13 @@ def _is_error_status(raw: bytes) -> bool:
 
 def _any_value_str(raw: bytes) -> str:
     try:
-        return _attr_str(AnyValue.FromString(raw))
+        return attr_text(AnyValue.FromString(raw))
     except DecodeError:
         return ""
 
 
-def _attr_str(value: Any) -> str:
-    """The string form of an OTLP ``AnyValue`` (string, int, bool or double)."""
-    which = value.WhichOneof("value")
-    if which == "string_value":
-        return str(value.string_value)
-    if which == "int_value":
-        return str(value.int_value)
-    if which == "bool_value":
-        return "true" if value.bool_value else "false"
-    if which == "double_value":
-        return repr(value.double_value)
-    return ""
-
-
 def _resource_identity(attributes: Iterable[Any]) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
-    attrs = {a.key: _attr_str(a.value) for a in attributes}
+    attrs = {a.key: attr_text(a.value) for a in attributes}
     return attrs, tuple(sorted(attrs.items()))
 
 
@@ -201,9 +193,11 @@ class OtlpIngestor:
     """Decodes OTLP requests and writes them into the store."""
 
     def __init__(self, store: WindowStore, settings: IngestSettings | None = None,
-                 started_unix_nano: int = 0) -> None:
+                 started_unix_nano: int = 0, cpu: CpuSignals | None = None) -> None:
         self.store = store
         self.settings = settings or IngestSettings()
+        self.cpu = cpu
+        self.cpu_import = CpuImporter(cpu, self.settings.max_label_length)
         self.started_unix_nano = started_unix_nano
         self._streams: OrderedDict[tuple[Any, ...], _Stream] = OrderedDict()
         self._keys: dict[tuple[tuple[str, str], bytes], SeriesKey] = {}
@@ -353,6 +347,7 @@ class OtlpIngestor:
         request = ExportMetricsServiceRequest()
         decode(body, is_json, request)
         result = IngestResult()
+        cpu_batch: CpuBatch | None = None
         for resource_metrics in request.resource_metrics:
             attrs, identity = _resource_identity(resource_metrics.resource.attributes)
             for scope_metrics in resource_metrics.scope_metrics:
@@ -360,6 +355,13 @@ class OtlpIngestor:
                     default_unit = LATENCY_HISTOGRAMS.get(metric.name)
                     kind = metric.WhichOneof("data")
                     if default_unit is None or kind not in ("histogram", "exponential_histogram"):
+                        if metric.name in CPU_METRICS and self.cpu_import.accepts(kind):
+                            n = _point_count(metric)
+                            base = self._series_base(attrs, result, n) if n else None
+                            if base is not None:
+                                cpu_batch = cpu_batch or CpuBatch()
+                                self.cpu_import.add(cpu_batch, base, attrs, metric, result, now)
+                            continue
                         result.ignored += _point_count(metric)
                         continue
                     unit = metric.unit or default_unit
@@ -371,6 +373,8 @@ class OtlpIngestor:
                     for point in data.data_points:
                         self._add_point(attrs, identity, metric.name, kind, data.aggregation_temporality,
                                         point, scale, now, result)
+        if cpu_batch is not None:
+            self.cpu_import.commit(cpu_batch, result, now)
         response = ExportMetricsServiceResponse()
         if result.rejected:
             response.partial_success.rejected_data_points = result.rejected
@@ -379,7 +383,7 @@ class OtlpIngestor:
 
     def _add_point(self, attrs: dict[str, str], identity: tuple[Any, ...], name: str, kind: str,
                    temporality: int, point: Any, scale: float, now: float, result: IngestResult) -> None:
-        point_attrs = {a.key: _attr_str(a.value) for a in point.attributes}
+        point_attrs = {a.key: attr_text(a.value) for a in point.attributes}
         base = self._series_base(attrs, result, 1)
         if base is None:
             return

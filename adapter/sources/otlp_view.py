@@ -85,3 +85,17 @@ def _build() -> Any:
 #: ``ExportTraceServiceRequest`` with only the fields the adapter reads; ``Span.attributes`` is a map from
 #: key to encoded ``AnyValue`` bytes and ``Span.status`` is the encoded ``Status`` (empty when unset).
 LeanTraceRequest: Any = _build()
+
+
+def attr_text(value: Any) -> str:
+    """The string form of an OTLP ``AnyValue`` (string, int, bool or double; anything else is "")."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return str(value.string_value)
+    if which == "int_value":
+        return str(value.int_value)
+    if which == "bool_value":
+        return "true" if value.bool_value else "false"
+    if which == "double_value":
+        return repr(value.double_value)
+    return ""

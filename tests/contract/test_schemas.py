@@ -26,14 +26,22 @@ from hypothesis import strategies as st
 
 from adapter.api import wire
 from adapter.api.routes import build_api_app
+from adapter.cpu import CpuSignals
 from adapter.model import Exemplar, Reading, SeriesKey
+from adapter.policy import REASONS, PolicySettings
+from adapter.policy_config import CanaryPair, PolicyConfig
 from adapter.provider import MetricsProvider
 from adapter.quantity import parse_quantity
 from adapter.store import StoreSettings, WindowStore
 from adapter.telemetry import Telemetry
 
 PREFIX = "/apis/external.metrics.k8s.io/v1beta1"
-METRICS = ["latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "request_rate", "error_ratio"]
+#: The served metric names: a contract HPAs in clusters depend on (DESIGN section 5).
+WINDOW_METRICS = ["latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "request_rate",
+                  "error_ratio"]
+POLICY_METRICS = ["cpu_utilization", "cpu_utilization_ratio", "latency_p95_ratio", "dual_signal_ratio",
+                  "latency_p95_baseline_ratio"]
+METRICS = WINDOW_METRICS + POLICY_METRICS
 QUANTITY_RE = re.compile(r"^[+-]?[0-9]*(\.[0-9]*)?([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
 TIMESTAMP_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 #: A slice boundary, so the times below are easy to reason about (slices of 1 s, window of 10 s).
@@ -105,7 +113,7 @@ def value_path(namespace: str, metric: str, selector: str | None) -> str:
 # Values.
 
 
-@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("metric", WINDOW_METRICS)
 @pytest.mark.parametrize("selector", ["workload=checkout", "route=pay", "workload in (checkout),route!=pay",
                                       None, "route", "workload==checkout"])
 async def test_values_match_the_schema(client: TestClient[Any, Any], store: WindowStore, clock: FakeClock,
@@ -119,6 +127,34 @@ async def test_values_match_the_schema(client: TestClient[Any, Any], store: Wind
     assert item["timestamp"] == "2023-11-14T22:13:21Z"  # end of the closed slice: T0 + 1
     assert item["window"] == 1
     assert QUANTITY_RE.match(item["value"]) and item["value"] not in ("", "+", "-", ".")
+
+
+CANARY_POLICY = PolicyConfig(defaults=PolicySettings(min_samples=10),
+                             canaries=(CanaryPair("shop", "checkout-canary", "checkout"),))
+
+
+@pytest.mark.parametrize("metric", POLICY_METRICS)
+async def test_policy_values_match_the_schema(store: WindowStore, clock: FakeClock, schemas: Any,
+                                              metric: str) -> None:
+    cpu = CpuSignals()
+    provider = MetricsProvider(store, clock, cpu, lambda: CANARY_POLICY)
+    for pod in ("a", "b"):
+        cpu.put_pod("shop", "checkout", pod, usage_cores=0.2, request_cores=0.5, observed_at=clock.now)
+    fill(store, clock)
+    store.add_durations(SeriesKey("shop", "checkout-canary", "cart"), np.full(50, 0.06), 0,
+                        [Exemplar(0.06, "a" * 32)], now=clock.now - 1.0)
+    workload = "checkout-canary" if metric == "latency_p95_baseline_ratio" else "checkout"
+    async with TestClient(TestServer(build_api_app(provider, Telemetry(store)))) as client:
+        status, doc = await get(client, value_path("shop", metric, f"workload={workload}"))
+    assert status == 200, doc
+    schemas.check("value_list", doc)
+    [item] = doc["items"]
+    assert item["metricName"] == metric
+    assert item["metricLabels"]["workload"] == workload
+    assert QUANTITY_RE.match(item["value"]) and float(parse_quantity(item["value"])) > 0
+    if metric == "dual_signal_ratio":
+        assert item["metricLabels"]["reason"] in REASONS
+        assert len(item["metricLabels"]["trace_id"]) == 32
 
 
 async def test_values_over_time(client: TestClient[Any, Any], store: WindowStore, clock: FakeClock,

@@ -12,11 +12,21 @@ It serves:
   :attr:`FakeKubeAPI.tokens` (an unknown token is ``{"user": {}, "error": ...}``, no ``authenticated``,
   as kube-apiserver omits ``false``);
 * ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews`` -> the review with ``status`` from
-  :attr:`FakeKubeAPI.policy`; every received body is kept in :attr:`FakeKubeAPI.access_reviews`.
+  :attr:`FakeKubeAPI.policy`; every received body is kept in :attr:`FakeKubeAPI.access_reviews`;
+* ``GET /apis/apps/v1/namespaces/{ns}/deployments/{name}`` and ``.../statefulsets/{name}`` -> the
+  workload (404 ``Status`` when absent), from :meth:`FakeKubeAPI.add_deployment` /
+  :meth:`FakeKubeAPI.add_statefulset`;
+* ``GET /api/v1/namespaces/{ns}/pods?labelSelector=`` -> ``PodList`` filtered by the selector, from
+  :meth:`FakeKubeAPI.add_pod`;
+* ``GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector=`` -> ``PodMetricsList`` (what
+  metrics-server answers) for the pods given a usage with :meth:`FakeKubeAPI.set_pod_usage`.
 
 Fault injection (plain attributes, change them any time, from any thread): :attr:`delay_seconds`,
 :attr:`fail_with` (HTTP status answered with a ``Status`` body), :attr:`fail_message`, and stopping and
-starting the listener on the same port. When :attr:`adapter_token` is set, every request must carry
+starting the listener on the same port. The workload, pod and pod-metrics endpoints have their own
+knobs, so the reviews keep working while they fail: :attr:`cpu_fail_with`, :attr:`cpu_delay_seconds`
+(hang), :attr:`cpu_endpoints_affected` (which of them) and :attr:`metrics_api_available` (metrics-server
+not installed: 404). When :attr:`adapter_token` is set, every request must carry
 ``Authorization: Bearer <adapter_token>`` (the adapter's own credentials) or gets a 401 ``Status``.
 
 Two ways to run it:
@@ -37,8 +47,9 @@ import json
 import ssl
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,7 +58,9 @@ import trustme
 import yaml
 from aiohttp import web
 
+from adapter.errors import BadSelector
 from adapter.kube import AUTH_CONFIGMAP_NAME, AUTH_CONFIGMAP_NAMESPACE, AccessDecision, UserInfo
+from adapter.selector import parse_selector
 
 #: The decision function: gets the SubjectAccessReview ``spec`` (JSON, as received), answers a decision
 #: (or a bare bool for "allowed").
@@ -58,6 +71,10 @@ _REASONS = {
     422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
 _CREATION_TIMESTAMP = "2024-01-01T00:00:00Z"
+#: The endpoints :attr:`FakeKubeAPI.cpu_fail_with` and :attr:`FakeKubeAPI.cpu_delay_seconds` can break.
+CPU_ENDPOINTS = frozenset({"deployments", "statefulsets", "pods", "podmetrics"})
+#: ``(key, operator, values)`` as in a ``matchExpressions`` entry, e.g. ``("tier", "In", ["web"])``.
+Expression = tuple[str, str, Sequence[str]]
 
 
 def deny_all(spec: dict[str, Any]) -> AccessDecision:
@@ -125,6 +142,8 @@ class RecordedRequest:
     path: str
     #: The bearer token the client presented ("" when none); lets tests check the adapter's credentials.
     bearer: str
+    #: The raw query string (e.g. ``labelSelector=app%3Dweb``).
+    query: str = ""
 
 
 class _Done:
@@ -166,6 +185,18 @@ class FakeKubeAPI:
         self.requests: list[RecordedRequest] = []
         self.token_reviews: list[dict[str, Any]] = []
         self.access_reviews: list[dict[str, Any]] = []
+        #: ``(namespace, name) -> object`` (the JSON served); fill with the ``add_*`` methods.
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.statefulsets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        #: ``(namespace, pod) -> CPU usage per container`` (quantity strings, as metrics-server writes).
+        self.pod_usage: dict[tuple[str, str], list[str]] = {}
+        #: Fault injection for the endpoints in :attr:`cpu_endpoints_affected` only.
+        self.cpu_fail_with: int | None = None
+        self.cpu_delay_seconds = 0.0
+        self.cpu_endpoints_affected: set[str] = set(CPU_ENDPOINTS)
+        #: False: ``metrics.k8s.io`` is not served (no metrics-server), its list answers 404.
+        self.metrics_api_available = True
 
         self.ca = ca or trustme.CA()
         self._server_cert = self.ca.issue_cert("127.0.0.1", "localhost")
@@ -229,6 +260,58 @@ class FakeKubeAPI:
         self.config_maps[(AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)] = data
         return data
 
+    # -- workloads, pods and pod metrics ------------------------------------------------------------
+
+    def add_deployment(self, namespace: str, name: str, *, match_labels: Mapping[str, str] | None = None,
+                       match_expressions: Sequence[Expression] = (), replicas: int = 1) -> dict[str, Any]:
+        """Store an ``apps/v1`` Deployment with this ``spec.selector``; returns its JSON."""
+        selector = _label_selector(match_labels, match_expressions)
+        document = _workload("Deployment", namespace, name, selector, replicas)
+        document["spec"].update({
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+            "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+        })
+        document["status"].update({"updatedReplicas": replicas, "availableReplicas": replicas})
+        self.deployments[(namespace, name)] = document
+        return document
+
+    def add_statefulset(self, namespace: str, name: str, *, match_labels: Mapping[str, str] | None = None,
+                        match_expressions: Sequence[Expression] = (), replicas: int = 1) -> dict[str, Any]:
+        """Store an ``apps/v1`` StatefulSet with this ``spec.selector``; returns its JSON."""
+        selector = _label_selector(match_labels, match_expressions)
+        document = _workload("StatefulSet", namespace, name, selector, replicas)
+        document["spec"].update({
+            "serviceName": name, "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "revisionHistoryLimit": 10,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        })
+        document["status"].update({
+            "currentReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
+            "currentRevision": f"{name}-5d4f8c7b9", "updateRevision": f"{name}-5d4f8c7b9",
+            "collisionCount": 0,
+        })
+        self.statefulsets[(namespace, name)] = document
+        return document
+
+    def add_pod(self, namespace: str, name: str, labels: Mapping[str, str], *,
+                cpu_requests: Sequence[str | None] = ("100m",), ready: bool = True, phase: str = "Running",
+                sidecar_cpu_requests: Sequence[str | None] = (), deleting: bool = False) -> dict[str, Any]:
+        """Store a Pod: one container per entry of ``cpu_requests`` (None: that container declares no
+        CPU request), plus native sidecars (init containers with ``restartPolicy: Always``)."""
+        document = _pod(namespace, name, labels, cpu_requests, sidecar_cpu_requests, ready, phase, deleting)
+        self.pods[(namespace, name)] = document
+        return document
+
+    def set_pod_usage(self, namespace: str, name: str, cores: float | str | Sequence[float | str]) -> None:
+        """The CPU usage metrics-server reports for a pod: one value per container, app containers
+        first, then sidecars (floats become nanocores, like ``"1234567n"``; strings are served as given).
+        Containers without a value report ``"0"``."""
+        values = [cores] if isinstance(cores, float | int | str) else list(cores)
+        self.pod_usage[(namespace, name)] = [
+            value if isinstance(value, str) else f"{round(value * 1e9)}n" for value in values]
+
     # -- life cycle on the caller's loop -------------------------------------------------------------
 
     async def start(self) -> None:
@@ -240,6 +323,10 @@ class FakeKubeAPI:
         app.router.add_get("/api/v1/namespaces/{namespace}/configmaps/{name}", self._config_map)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review)
+        app.router.add_get("/apis/apps/v1/namespaces/{namespace}/deployments/{name}", self._deployment)
+        app.router.add_get("/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}", self._statefulset)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._pod_list)
+        app.router.add_get("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods", self._pod_metrics_list)
         # Short shutdown: a request parked in ``delay_seconds`` must not hold up stop().
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -346,7 +433,7 @@ class FakeKubeAPI:
                           ) -> web.StreamResponse:
         authorization = request.headers.get("Authorization", "")
         bearer = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
-        self.requests.append(RecordedRequest(request.method, request.path, bearer))
+        self.requests.append(RecordedRequest(request.method, request.path, bearer, request.query_string))
         if self.delay_seconds > 0 and self._stopping is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.delay_seconds)
@@ -431,6 +518,202 @@ class FakeKubeAPI:
         return _json(_answer(body, "authorization.k8s.io/v1", "SubjectAccessReview", status), 201)
 
 
+    async def _cpu_fault(self, endpoint: str) -> web.Response | None:
+        """Hang and/or fail as the ``cpu_*`` knobs say, for the endpoints they affect."""
+        if endpoint not in self.cpu_endpoints_affected:
+            return None
+        if self.cpu_delay_seconds > 0 and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.cpu_delay_seconds)
+        if self.cpu_fail_with is not None:
+            return _json(status_body(self.cpu_fail_with, self.fail_message), self.cpu_fail_with)
+        return None
+
+    async def _deployment(self, request: web.Request) -> web.Response:
+        return await self._get_workload(request, "deployments", self.deployments)
+
+    async def _statefulset(self, request: web.Request) -> web.Response:
+        return await self._get_workload(request, "statefulsets", self.statefulsets)
+
+    async def _get_workload(self, request: web.Request, resource: str,
+                            table: Mapping[tuple[str, str], dict[str, Any]]) -> web.Response:
+        fault = await self._cpu_fault(resource)
+        if fault is not None:
+            return fault
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        document = table.get((namespace, name))
+        if document is None:
+            return _json(status_body(404, f'{resource}.apps "{name}" not found',
+                                     details={"name": name, "group": "apps", "kind": resource}), 404)
+        return _json(document)
+
+    async def _pod_list(self, request: web.Request) -> web.Response:
+        fault = await self._cpu_fault("pods")
+        if fault is not None:
+            return fault
+        namespace = request.match_info["namespace"]
+        selected = _selected(request, self.pods, namespace)
+        if isinstance(selected, web.Response):
+            return selected
+        return _json({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "4242"},
+                      "items": selected})
+
+    async def _pod_metrics_list(self, request: web.Request) -> web.Response:
+        if not self.metrics_api_available:
+            return _json(status_body(404, "the server could not find the requested resource"), 404)
+        fault = await self._cpu_fault("podmetrics")
+        if fault is not None:
+            return fault
+        namespace = request.match_info["namespace"]
+        selected = _selected(request, self.pods, namespace)
+        if isinstance(selected, web.Response):
+            return selected
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        items = []
+        for pod in selected:
+            name = pod["metadata"]["name"]
+            usage = self.pod_usage.get((namespace, name))
+            if usage is None:
+                continue  # not scraped (yet): metrics-server leaves the pod out
+            containers = [c["name"] for c in pod["spec"]["containers"]] + [
+                c["name"] for c in pod["spec"].get("initContainers", [])]
+            values = usage + ["0"] * (len(containers) - len(usage))
+            items.append({
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": now,
+                             "labels": dict(pod["metadata"].get("labels", {}))},
+                "timestamp": now,
+                "window": "15.012s",
+                "containers": [{"name": container, "usage": {"cpu": value, "memory": "24576Ki"}}
+                               for container, value in zip(containers, values, strict=False)],
+            })
+        return _json({"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1",
+                      "metadata": {}, "items": items})
+
+
+def _selected(request: web.Request, pods: Mapping[tuple[str, str], dict[str, Any]],
+              namespace: str) -> list[dict[str, Any]] | web.Response:
+    """The pods of ``namespace`` matching the request's ``labelSelector`` (400 ``Status`` if invalid)."""
+    text = request.query.get("labelSelector", "")
+    try:
+        selector = parse_selector(text)
+    except BadSelector as exc:
+        return _json(status_body(400, f"unable to parse requirement: {exc}"), 400)
+    return [pod for (ns, _), pod in sorted(pods.items())
+            if ns == namespace and selector.matches(pod["metadata"].get("labels", {}))]
+
+
+def _label_selector(match_labels: Mapping[str, str] | None,
+                    match_expressions: Sequence[Expression]) -> dict[str, Any]:
+    """A ``metav1.LabelSelector`` as JSON (empty fields omitted, as the API server omits them)."""
+    selector: dict[str, Any] = {}
+    if match_labels:
+        selector["matchLabels"] = dict(match_labels)
+    if match_expressions:
+        expressions = []
+        for key, operator, values in match_expressions:
+            expression: dict[str, Any] = {"key": key, "operator": operator}
+            if values:
+                expression["values"] = list(values)
+            expressions.append(expression)
+        selector["matchExpressions"] = expressions
+    return selector
+
+
+def _template_labels(selector: Mapping[str, Any]) -> dict[str, str]:
+    """Pod template labels that satisfy ``selector`` (the API server insists they do)."""
+    labels = dict(selector.get("matchLabels", {}))
+    for expression in selector.get("matchExpressions", []):
+        if expression["operator"] == "In":
+            labels[expression["key"]] = (expression.get("values") or [""])[0]
+        elif expression["operator"] == "Exists":
+            labels[expression["key"]] = "yes"
+    return labels
+
+
+def _metadata(namespace: str, name: str, **more: Any) -> dict[str, Any]:
+    return {
+        "name": name, "namespace": namespace,
+        "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{name}")),
+        "resourceVersion": "1", "creationTimestamp": _CREATION_TIMESTAMP, **more,
+    }
+
+
+def _container(name: str, cpu_request: str | None) -> dict[str, Any]:
+    return {
+        "name": name, "image": "registry.example/app:1.0",
+        "resources": {"requests": {"cpu": cpu_request}} if cpu_request is not None else {},
+        "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+        "imagePullPolicy": "IfNotPresent",
+    }
+
+
+def _workload(kind: str, namespace: str, name: str, selector: dict[str, Any],
+              replicas: int) -> dict[str, Any]:
+    """The parts Deployments and StatefulSets share, as ``kubectl get -o json`` shows them."""
+    return {
+        "kind": kind, "apiVersion": "apps/v1",
+        "metadata": _metadata(namespace, name, generation=1),
+        "spec": {
+            "replicas": replicas,
+            "selector": selector,
+            "template": {
+                "metadata": {"creationTimestamp": None, "labels": _template_labels(selector)},
+                "spec": {
+                    "containers": [_container("app", "100m")], "restartPolicy": "Always",
+                    "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+                    "securityContext": {}, "schedulerName": "default-scheduler",
+                },
+            },
+        },
+        "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas},
+    }
+
+
+def _pod(namespace: str, name: str, labels: Mapping[str, str], cpu_requests: Sequence[str | None],
+         sidecar_cpu_requests: Sequence[str | None], ready: bool, phase: str,
+         deleting: bool) -> dict[str, Any]:
+    """A Pod as the API server lists it (list items carry no ``kind``/``apiVersion``)."""
+    containers = [_container(f"c{i}", cpu) for i, cpu in enumerate(cpu_requests)]
+    sidecars = [{**_container(f"sidecar{i}", cpu), "restartPolicy": "Always"}
+                for i, cpu in enumerate(sidecar_cpu_requests)]
+    metadata = _metadata(namespace, name, labels=dict(labels), generateName=name.rsplit("-", 1)[0] + "-")
+    if deleting:
+        metadata.update({"deletionTimestamp": _CREATION_TIMESTAMP, "deletionGracePeriodSeconds": 30})
+    spec: dict[str, Any] = {
+        "containers": containers, "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+        "dnsPolicy": "ClusterFirst", "serviceAccountName": "default", "nodeName": "node-1",
+        "securityContext": {}, "schedulerName": "default-scheduler", "priority": 0,
+    }
+    if sidecars:
+        spec["initContainers"] = sidecars
+    requests = [c for c in containers + sidecars if c["resources"]]
+    status: dict[str, Any] = {
+        "phase": phase,
+        "qosClass": "Burstable" if requests else "BestEffort",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                        "lastTransitionTime": _CREATION_TIMESTAMP}],
+    }
+    if phase == "Running":
+        state = "True" if ready else "False"
+        for kind in ("Initialized", "ContainersReady", "Ready"):
+            condition: dict[str, Any] = {"type": kind, "status": "True" if kind == "Initialized" else state,
+                                         "lastProbeTime": None, "lastTransitionTime": _CREATION_TIMESTAMP}
+            if condition["status"] == "False":
+                condition["reason"] = "ContainersNotReady"
+                condition["message"] = f"containers with unready status: [{containers[0]['name']}]"
+            status["conditions"].append(condition)
+        status.update({
+            "hostIP": "10.0.0.1", "podIP": "10.244.0.17", "startTime": _CREATION_TIMESTAMP,
+            "containerStatuses": [{
+                "name": c["name"], "ready": ready, "restartCount": 0, "started": True,
+                "image": c["image"], "imageID": "registry.example/app@sha256:" + "0" * 64,
+                "containerID": "containerd://" + "1" * 64,
+                "state": {"running": {"startedAt": _CREATION_TIMESTAMP}},
+            } for c in containers],
+        })
+    return {"metadata": metadata, "spec": spec, "status": status}
+
+
 async def _read_object(request: web.Request, api_version: str, kind: str) -> dict[str, Any] | web.Response:
     """The JSON body of a create, or a 400/415 ``Status`` when it is not a ``kind`` object."""
     # kube-apiserver decodes a body without Content-Type as its first serializer, JSON (and the
@@ -466,3 +749,16 @@ def _answer(body: dict[str, Any], api_version: str, kind: str, status: dict[str,
 def _json(document: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(document).encode("utf-8"), status=status,
                         content_type="application/json")
+
+
+@contextlib.contextmanager
+def real_client(fake: FakeKubeAPI, kubeconfig: Path, timeout_seconds: float) -> Iterator[Any]:
+    """The adapter's real ``KubernetesClusterAPI`` pointed at ``fake`` through a kubeconfig file."""
+    from adapter.kube_client import KubernetesClusterAPI
+
+    api = KubernetesClusterAPI.from_kubeconfig(str(fake.kubeconfig(kubeconfig)),
+                                               timeout_seconds=timeout_seconds)
+    try:
+        yield api
+    finally:
+        api.close()

@@ -28,6 +28,7 @@ from adapter.kube import (
 )
 from adapter.kube_client import KubernetesClusterAPI
 from tests.fakes import FakeKubeAPI, allow_users
+from tests.fakes.kube_api import real_client
 
 TIMEOUT = 1.0
 #: A token a caller presented to the adapter; it must never show up in an error.
@@ -50,10 +51,8 @@ async def fake() -> AsyncIterator[FakeKubeAPI]:
 
 @pytest.fixture
 def client(fake: FakeKubeAPI, tmp_path: Path) -> Iterator[KubernetesClusterAPI]:
-    api = KubernetesClusterAPI.from_kubeconfig(str(fake.kubeconfig(tmp_path / "kubeconfig")),
-                                               timeout_seconds=TIMEOUT)
-    yield api
-    api.close()
+    with real_client(fake, tmp_path / "kubeconfig", TIMEOUT) as api:
+        yield api
 
 
 # -- ConfigMap -------------------------------------------------------------------------------------------

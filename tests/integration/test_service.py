@@ -27,7 +27,8 @@ from adapter.sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch
 
 ADAPTER_BIN = Path(sys.executable).with_name("latency-adapter")
 SERVED_METRICS = {"latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "request_rate",
-                  "error_ratio"}
+                  "error_ratio", "cpu_utilization", "cpu_utilization_ratio", "latency_p95_ratio",
+                  "dual_signal_ratio", "latency_p95_baseline_ratio"}
 GROUP_VERSION = "external.metrics.k8s.io/v1beta1"
 PREFIX = f"/apis/{GROUP_VERSION}"
 
@@ -379,7 +380,8 @@ def test_metrics_openmetrics_variant(adapter: Any, shop: Shop) -> None:
     items = families["latency_adapter_otlp_items"]
     assert items.type == "counter", items
     accepted = [s for s in items.samples
-                if s.name == "latency_adapter_otlp_items_total" and s.labels.get("outcome") == "accepted"]
+                if s.name == "latency_adapter_otlp_items_total" and s.labels.get("outcome") == "accepted"
+                and s.labels.get("signal") == "traces"]
     assert accepted and accepted[0].value >= 530, accepted
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+import adapter.config
 from adapter.cli import main
 from adapter.config import Settings, load_settings, settings_from_mapping
 from adapter.errors import MAX_QUOTED, ConfigError
+from adapter.policy import PolicySettings
+from adapter.policy_config import CanaryPair, PolicyConfig
 from adapter.sources.otlp import ReceiverSettings
 from adapter.sources.otlp_ingest import IngestSettings
 from adapter.store import StoreSettings
@@ -39,6 +43,9 @@ def test_defaults_without_a_file() -> None:
     assert settings.receiver == ReceiverSettings()
     assert settings.log_level == "info"
     assert settings.insecure_no_auth is False  # authentication is never off by default
+    assert settings.policy == PolicyConfig()
+    assert settings.policy.defaults == PolicySettings() and settings.policy.workloads == ()
+    assert settings.config_path is None
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
@@ -53,8 +60,19 @@ store:  {window_seconds: 120, slice_seconds: 10, max_series: 500, max_series_per
 otlp:   {max_body_bytes: 4194304, max_decompressed_bytes: 16777216, default_namespace: apps,
          split_routes: false, max_label_length: 64}
 log_level: DEBUG
+defaults: {latency_target_seconds: 0.3, min_samples: 20}
+workloads:
+  - {namespace: shop, workload: "checkout*", latency_target_seconds: 0.4}
+canaries:
+  - {namespace: shop, canary: checkout-canary, baseline: checkout}
 """)
     settings = load_settings(path)
+    assert settings.config_path == path
+    assert settings.policy.defaults == PolicySettings(latency_target_seconds=0.3, min_samples=20)
+    assert settings.policy.for_workload("shop", "checkout-v2") == PolicySettings(
+        latency_target_seconds=0.4, min_samples=20)
+    assert settings.policy.canary_of("shop", "checkout-canary") == CanaryPair("shop", "checkout-canary",
+                                                                              "checkout")
     assert settings.store == StoreSettings(window_seconds=120, slice_seconds=10, max_series=500,
                                            max_series_per_namespace=50)
     assert settings.store.slices == 12
@@ -67,6 +85,24 @@ log_level: DEBUG
     assert settings.ingest.max_streams == IngestSettings().max_streams
     assert settings.store.refresh_seconds == StoreSettings().refresh_seconds
     assert settings.store.relative_accuracy == StoreSettings().relative_accuracy
+
+
+def test_module_docstring_example_loads() -> None:
+    """The YAML block of adapter/config.py's docstring is a valid file, every section included."""
+    doc = adapter.config.__doc__
+    assert doc is not None
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    parsed = yaml.safe_load(block)
+    assert {"store", "otlp", "log_level", "defaults", "workloads", "canaries"} <= set(parsed)
+    settings = settings_from_mapping(parsed)
+    assert settings.policy.summary() == "1 workload override, 1 canary pair"
+
+
+def test_where_settings_came_from_is_not_part_of_their_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "log_level: info\n")
+    settings = load_settings(path)
+    assert settings.config_path == path
+    assert settings == Settings()
 
 
 def test_refresh_seconds_may_be_any_fraction_up_to_the_slice() -> None:
@@ -123,6 +159,12 @@ INVALID = [
     ("store: {window_seconds: 62}\n", "store.window_seconds", "62", "whole number of slices"),
     ("store: {refresh_seconds: 0.01}\n", "store.refresh_seconds", "0.01", "between 0.1 and 600"),
     ("store: {refresh_seconds: 10}\n", "store.refresh_seconds", "10", "at most store.slice_seconds (5)"),
+    # the policy sections (tested in depth in test_policy_config.py)
+    ("defaults: fast\n", "defaults", "fast", "must be a mapping"),
+    ("workloads: [{workload: a, latency_target_seconds: -1}]\n", "workloads[0].latency_target_seconds", "-1",
+     "must be a number greater than 0"),
+    ("canaries: [{namespace: shop, canary: a, baseline: a}]\n", "canaries[0].baseline", "a",
+     "must differ from canary"),
 ]
 
 
@@ -143,6 +185,8 @@ def test_unknown_section_and_key_list_what_is_known() -> None:
     with pytest.raises(ConfigError) as info:
         settings_from_mapping({"stor": {}})
     assert "log_level" in str(info.value) and "otlp" in str(info.value) and "store" in str(info.value)
+    for section in ("defaults", "workloads", "canaries"):
+        assert section in str(info.value)
     with pytest.raises(ConfigError) as info:
         settings_from_mapping({"store": {"window_second": 60}})
     assert "window_seconds" in str(info.value) and "slice_seconds" in str(info.value)
@@ -222,7 +266,7 @@ def test_check_config_valid_exits_0(tmp_path: Path, capsys: pytest.CaptureFixtur
     path = write(tmp_path, "store: {window_seconds: 30, slice_seconds: 5}\nlog_level: warning\n")
     assert main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert str(path) in out and "ok" in out
+    assert out == f"{path}: ok: 0 workload overrides, 0 canary pairs\n"
     assert err == ""
 
 

@@ -19,23 +19,21 @@ from adapter.selector import parse_selector
 from adapter.sketch import LatencySketch, import_explicit_histogram
 from adapter.sources.otlp_ingest import OtlpIngestor
 from adapter.store import WindowStore
+from tests.clock import FakeClock
 from tests.helpers_otlp import spans_of, trace_request
 
 T0 = 1000.0
-SERVED = ["error_ratio", "latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "request_rate"]
+WINDOW_METRICS = ["error_ratio", "latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds",
+                  "request_rate"]
+SERVED = sorted([*WINDOW_METRICS, "cpu_utilization", "cpu_utilization_ratio", "latency_p95_ratio",
+                 "dual_signal_ratio", "latency_p95_baseline_ratio"])
 
 
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -44,7 +42,7 @@ def store() -> WindowStore:
 
 
 @pytest.fixture
-def provider(store: WindowStore, clock: Clock) -> MetricsProvider:
+def provider(store: WindowStore, clock: FakeClock) -> MetricsProvider:
     return MetricsProvider(store, clock)
 
 
@@ -85,6 +83,16 @@ def test_unknown_metric_lists_the_served_metrics(provider: MetricsProvider) -> N
 
 
 @pytest.mark.parametrize("metric", SERVED)
+def test_policy_metric_without_data_is_nodata_naming_the_selector(provider: MetricsProvider,
+                                                                  metric: str) -> None:
+    with pytest.raises(NoData) as info:
+        read(provider, "shop", metric, "workload=checkout,route in (cart_id)")
+    message = str(info.value)
+    assert metric in message and "'shop'" in message
+    assert str(parse_selector("workload=checkout,route in (cart_id)")) in message
+
+
+@pytest.mark.parametrize("metric", WINDOW_METRICS)
 def test_known_metric_without_data_is_nodata_naming_the_selector(provider: MetricsProvider,
                                                                  metric: str) -> None:
     with pytest.raises(NoData) as info:
@@ -101,7 +109,7 @@ def test_nodata_with_an_empty_selector_says_so(provider: MetricsProvider) -> Non
 
 
 def test_new_data_is_served_from_the_next_refresh_tick(provider: MetricsProvider, store: WindowStore,
-                                                       clock: Clock) -> None:
+                                                       clock: FakeClock) -> None:
     clock.now = T0 + 1.1
     with pytest.raises(NoData):
         read(provider, "shop", "latency_p95_seconds", "workload=checkout")
@@ -115,7 +123,7 @@ def test_new_data_is_served_from_the_next_refresh_tick(provider: MetricsProvider
 
 
 def test_selector_that_matches_nothing_is_nodata(provider: MetricsProvider, store: WindowStore,
-                                                 clock: Clock) -> None:
+                                                 clock: FakeClock) -> None:
     feed(store, SeriesKey("shop", "checkout"), np.full(50, 0.1), T0)
     clock.now = T0 + 5.0
     with pytest.raises(NoData, match="no series matched"):
@@ -127,10 +135,11 @@ def test_selector_that_matches_nothing_is_nodata(provider: MetricsProvider, stor
 # --- the namespace wall ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("metric", SERVED)
+@pytest.mark.parametrize("metric", [m for m in SERVED if m != "latency_p95_baseline_ratio"])
 def test_data_in_one_namespace_is_never_served_for_another(provider: MetricsProvider, store: WindowStore,
-                                                           clock: Clock, metric: str) -> None:
+                                                           clock: FakeClock, metric: str) -> None:
     feed(store, SeriesKey("team-a", "checkout"), np.full(100, 0.2), T0, errors=5, error_trace_id="e" * 32)
+    provider.cpu.put_pod("team-a", "checkout", "p", usage_cores=0.1, request_cores=0.2, observed_at=T0)
     clock.now = T0 + 5.0
     assert read(provider, "team-a", metric, "workload=checkout").value >= 0
     for selector in ("workload=checkout", "", "workload"):
@@ -142,7 +151,7 @@ def test_data_in_one_namespace_is_never_served_for_another(provider: MetricsProv
 
 
 def test_several_routes_give_one_reading_of_the_merged_p95(provider: MetricsProvider, store: WindowStore,
-                                                           clock: Clock) -> None:
+                                                           clock: FakeClock) -> None:
     rng = np.random.default_rng(1)
     sent: dict[str, float] = {}
     all_values = []
@@ -171,7 +180,7 @@ def test_several_routes_give_one_reading_of_the_merged_p95(provider: MetricsProv
 
 @pytest.mark.parametrize(("metric", "q"), [("latency_p50_seconds", 50), ("latency_p95_seconds", 95),
                                            ("latency_p99_seconds", 99)])
-def test_latency_quantiles_match_numpy(provider: MetricsProvider, store: WindowStore, clock: Clock,
+def test_latency_quantiles_match_numpy(provider: MetricsProvider, store: WindowStore, clock: FakeClock,
                                        metric: str, q: int) -> None:
     rng = np.random.default_rng(2)
     values = lognormal(rng, 30_000, 0.08)
@@ -184,7 +193,7 @@ def test_latency_quantiles_match_numpy(provider: MetricsProvider, store: WindowS
 
 
 def test_reading_carries_labels_of_a_single_series_and_its_timestamp(
-    provider: MetricsProvider, store: WindowStore, clock: Clock
+    provider: MetricsProvider, store: WindowStore, clock: FakeClock
 ) -> None:
     feed(store, SeriesKey("shop", "checkout", "cart_id"), np.full(20, 0.05), T0 + 2)
     clock.now = T0 + 7.4  # slice [1000, 1005) closed, [1005, 1010) open; the tick began at T0 + 7
@@ -196,7 +205,7 @@ def test_reading_carries_labels_of_a_single_series_and_its_timestamp(
 
 
 def test_request_rate_is_count_over_the_covered_window(provider: MetricsProvider, store: WindowStore,
-                                                       clock: Clock) -> None:
+                                                       clock: FakeClock) -> None:
     key = SeriesKey("shop", "checkout")
     rng = np.random.default_rng(3)
     for second in range(20):  # 100 req/s for 20 s: four slices
@@ -220,7 +229,8 @@ def test_request_rate_is_count_over_the_covered_window(provider: MetricsProvider
     assert reading.window_seconds == 63
 
 
-def test_error_ratio_with_error_trace_id(provider: MetricsProvider, store: WindowStore, clock: Clock) -> None:
+def test_error_ratio_with_error_trace_id(provider: MetricsProvider, store: WindowStore,
+                                         clock: FakeClock) -> None:
     key = SeriesKey("shop", "checkout")
     feed(store, key, np.full(600, 0.05), T0, errors=0)
     feed(store, key, np.full(400, 0.05), T0 + 5, errors=50, error_trace_id="a1" * 16)
@@ -231,7 +241,7 @@ def test_error_ratio_with_error_trace_id(provider: MetricsProvider, store: Windo
 
 
 def test_error_ratio_without_errors_is_zero_and_has_no_trace(provider: MetricsProvider, store: WindowStore,
-                                                             clock: Clock) -> None:
+                                                             clock: FakeClock) -> None:
     feed(store, SeriesKey("shop", "checkout"), np.full(100, 0.05), T0)
     clock.now = T0 + 5.0
     reading = read(provider, "shop", "error_ratio", "workload=checkout")
@@ -243,7 +253,7 @@ def test_error_ratio_without_errors_is_zero_and_has_no_trace(provider: MetricsPr
 
 
 def test_reading_is_cached_within_a_tick_and_recomputed_after(provider: MetricsProvider, store: WindowStore,
-                                                               clock: Clock) -> None:
+                                                               clock: FakeClock) -> None:
     key = SeriesKey("shop", "checkout")
     feed(store, key, np.full(100, 0.1), T0)
     clock.now = T0 + 5.0
@@ -266,7 +276,7 @@ def test_reading_is_cached_within_a_tick_and_recomputed_after(provider: MetricsP
 
 
 def test_cache_keys_keep_metrics_namespaces_and_selectors_apart(provider: MetricsProvider,
-                                                                store: WindowStore, clock: Clock) -> None:
+                                                                store: WindowStore, clock: FakeClock) -> None:
     feed(store, SeriesKey("shop", "checkout", "a"), np.full(100, 0.1), T0)
     feed(store, SeriesKey("shop", "checkout", "b"), np.full(100, 0.3), T0)
     clock.now = T0 + 5.0
@@ -280,7 +290,7 @@ def test_cache_keys_keep_metrics_namespaces_and_selectors_apart(provider: Metric
     assert provider.computed == 4
 
 
-def test_nodata_is_cached_within_a_tick_too(provider: MetricsProvider, clock: Clock) -> None:
+def test_nodata_is_cached_within_a_tick_too(provider: MetricsProvider, clock: FakeClock) -> None:
     for _ in range(5):
         with pytest.raises(NoData):
             read(provider, "shop", "latency_p95_seconds", "workload=x")
@@ -295,7 +305,7 @@ def test_nodata_is_cached_within_a_tick_too(provider: MetricsProvider, clock: Cl
 
 
 @pytest.mark.parametrize("metric", ["latency_p95_seconds", "request_rate", "error_ratio"])
-def test_nodata_after_imported_histogram_data_left_the_window(store: WindowStore, clock: Clock,
+def test_nodata_after_imported_histogram_data_left_the_window(store: WindowStore, clock: FakeClock,
                                                               metric: str) -> None:
     def imported(requests: int) -> LatencySketch:
         sketch = LatencySketch()
@@ -331,7 +341,7 @@ def test_latency_step_shows_in_the_served_p95_within_two_seconds(phase: float) -
     """100 req/s of lognormal(80 ms), then lognormal(400 ms) from a step at any phase of a slice."""
     rng = np.random.default_rng(5)
     store = WindowStore()
-    clock = Clock()
+    clock = FakeClock()
     provider = MetricsProvider(store, clock)
     step = T0 + 100.0 + phase
     key = SeriesKey("shop", "checkout")
@@ -356,7 +366,7 @@ def test_trace_id_of_a_single_batch_is_the_request_at_the_p95() -> None:
         ingestor = OtlpIngestor(WindowStore())
         request = trace_request([({"service.name": "svc"}, spans)])
         ingestor.ingest_traces(request.SerializeToString(), False, T0)
-        provider = MetricsProvider(ingestor.store, Clock(T0 + 5.0))
+        provider = MetricsProvider(ingestor.store, FakeClock(T0 + 5.0))
         reading = read(provider, "default", "latency_p95_seconds")
         error = abs(latency[reading.labels["trace_id"]] / reading.value - 1)
         if error > 0.05:

@@ -1,0 +1,200 @@
+"""The metrics built on the policy: CPU, the ratios, ``dual_signal_ratio`` and the canary ratio.
+
+Why a module apart from :mod:`adapter.provider`: the plain latency metrics are a quantile of one
+window; these combine the window with the CPU registry and the workload's policy settings, and decide
+which workloads a selector means. The provider keeps the caching and the error wording; this module
+turns "namespace + selector" into policy inputs and readings. Time is an argument.
+
+Which workloads a selector means: every workload with latency series or CPU data in the namespace
+whose labels (``workload``, and ``route`` for route series) the selector matches. When those
+workloads have different policy settings the question has no single answer, and the request is a 400
+that says which workloads it matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .cpu import CpuSignals
+from .errors import BadRequest, NoData, quote
+from .policy import CpuSignal, Decision, LatencySignal, PolicySettings, cpu_ratio, decide
+from .selector import Selector, parse_selector
+from .store import Series, WindowStore, WindowView
+
+#: Metrics this module serves, with their one-line meaning.
+DUAL_SIGNAL_HELP: dict[str, str] = {
+    "cpu_utilization": "CPU usage / CPU requests of the workload's ready pods (0.5 = half of requests)",
+    "cpu_utilization_ratio": "cpu_utilization / cpu_target_utilization (1 = at target)",
+    "latency_p95_ratio": "p95 latency / latency_target_seconds (1 = at target)",
+    "dual_signal_ratio": "p95 latency and CPU in one ratio for an HPA Value target of 1; see reason",
+    "latency_p95_baseline_ratio": "a canary's p95 / its baseline workload's p95 (release gate: <= 1.1)",
+}
+
+
+class PolicyLookup(Protocol):
+    """What the metrics need of the policy configuration (implemented by ``PolicyConfig``)."""
+
+    def for_workload(self, namespace: str, workload: str) -> PolicySettings: ...
+
+    def baseline_of(self, namespace: str, canary: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The workloads and latency series a selector means in one namespace, and their one policy."""
+
+    workloads: tuple[str, ...]
+    series: list[Series]
+    settings: PolicySettings
+
+
+@dataclass(frozen=True)
+class Value:
+    value: float
+    labels: dict[str, str]
+
+
+class DualSignal:
+    """Computes the policy-based metrics for one namespace and selector at a given time."""
+
+    def __init__(self, store: WindowStore, cpu: CpuSignals, policy: Callable[[], PolicyLookup]) -> None:
+        self.store = store
+        self.cpu = cpu
+        self._policy = policy
+
+    def select(self, namespace: str, selector: Selector) -> Selection:
+        series = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        names = {s.key.workload for s in series}
+        names |= {w for w in self.cpu.workloads(namespace) if selector.matches({"workload": w})}
+        workloads = tuple(sorted(names))
+        policy = self._policy()
+        settings = {w: policy.for_workload(namespace, w) for w in workloads}
+        distinct = set(settings.values())
+        if len(distinct) > 1:
+            raise BadRequest(
+                f"selector {quote(str(selector))} matches workloads {', '.join(workloads)} in namespace "
+                f"{quote(namespace)}, which have different policy settings; select one workload "
+                "(workload=<name>)")
+        one = distinct.pop() if distinct else policy.for_workload(namespace, "")
+        return Selection(workloads, series, one)
+
+    def latency(self, selection: Selection, quantile: float,
+                now: float) -> tuple[LatencySignal | None, WindowView | None]:
+        view = self.store.view(selection.series, now=now)
+        if view is None:
+            return None, None
+        value = view.sketch.quantile(quantile)
+        if value is None:
+            return None, view
+        exemplar = view.exemplar_near(value)
+        trace_id = exemplar.trace_id if exemplar else None
+        return LatencySignal(value, round(view.count), now, trace_id), view
+
+    def cpu_signal(self, namespace: str, selection: Selection, now: float) -> CpuSignal | None:
+        """Σ usage / Σ requests over every selected workload's freshest usable reading."""
+        s = selection.settings
+        usage = request = 0.0
+        pods = 0
+        oldest: float | None = None
+        for workload in selection.workloads:
+            reading = self.cpu.reading(namespace, workload, now, s.stale_after_seconds, s.cpu_request_cores)
+            if reading is None:
+                continue
+            usage += reading.usage_cores
+            request += reading.request_cores
+            pods += reading.pods
+            oldest = reading.observed_at if oldest is None else min(oldest, reading.observed_at)
+        if oldest is None or request <= 0:
+            return None
+        return CpuSignal(usage / request, oldest, pods)
+
+    def decision(self, namespace: str, selection: Selection, now: float) -> Decision | None:
+        s = selection.settings
+        latency, _ = self.latency(selection, s.quantile, now)
+        return decide(latency, self.cpu_signal(namespace, selection, now), s, now)
+
+    def all_decisions(self, now: float) -> dict[tuple[str, str], Decision | None]:
+        """The decision for every known workload (``workload=<name>``), for ``/metrics`` and the logs."""
+        workloads = {(s.key.namespace, s.key.workload) for s in self.store.all_series()}
+        workloads |= self.cpu.all_workloads()
+        out: dict[tuple[str, str], Decision | None] = {}
+        for namespace, workload in sorted(workloads):
+            selector = parse_selector(f"workload={workload}")
+            try:
+                out[(namespace, workload)] = self.decision(namespace, self.select(namespace, selector), now)
+            except BadRequest:  # cannot happen for one workload; never let one break the others
+                out[(namespace, workload)] = None
+        return out
+
+    def value(self, metric: str, namespace: str, selector: Selector, now: float) -> Value:
+        """The reading of one of :data:`DUAL_SIGNAL_HELP`'s metrics; raises NoData (404) or BadRequest."""
+        selection = self.select(namespace, selector)
+        if not selection.workloads:
+            what = f"selector {str(selector)!r}" if not selector.is_empty() else "an empty selector"
+            raise NoData(f"no workload in namespace {namespace!r} has latency or CPU data matching {what}")
+        s = selection.settings
+        labels = _common_labels(selection)
+        if metric in ("cpu_utilization", "cpu_utilization_ratio"):
+            cpu = self.cpu_signal(namespace, selection, now)
+            ratio = cpu_ratio(cpu, s, now)
+            if cpu is None or ratio is None:
+                raise NoData(f"no CPU data for {_what(selection)} in namespace {namespace!r} within the last "
+                             f"{s.stale_after_seconds:g}s (metrics-server or OTLP k8s.pod.cpu.usage)")
+            return Value(cpu.utilization if metric == "cpu_utilization" else ratio, labels)
+        if metric == "latency_p95_ratio":
+            latency, _ = self.latency(selection, 0.95, now)
+            if latency is None:
+                raise NoData(f"no latency data for {_what(selection)} in namespace {namespace!r} "
+                             f"in the last {self.store.settings.window_seconds}s")
+            return Value(latency.seconds / s.latency_target_seconds, _traced(labels, latency.trace_id))
+        if metric == "dual_signal_ratio":
+            decision = self.decision(namespace, selection, now)
+            if decision is None:
+                raise NoData(
+                    f"neither signal is usable for {_what(selection)} in namespace {namespace!r}: fewer "
+                    f"than {s.min_samples} requests in the window and no CPU data within "
+                    f"{s.stale_after_seconds:g}s; the HPA holds")
+            return Value(decision.ratio, _traced({**labels, "reason": decision.reason}, decision.trace_id))
+        if metric == "latency_p95_baseline_ratio":
+            return self._baseline_ratio(namespace, selector, selection, labels, now)
+        raise AssertionError(metric)
+
+    def _baseline_ratio(self, namespace: str, selector: Selector, selection: Selection,
+                        labels: dict[str, str], now: float) -> Value:
+        if len(selection.workloads) != 1:
+            raise BadRequest("latency_p95_baseline_ratio needs a selector naming one canary workload "
+                             f"(workload=<canary>); {quote(str(selector))} matches "
+                             f"{len(selection.workloads)}")
+        canary = selection.workloads[0]
+        baseline = self._policy().baseline_of(namespace, canary)
+        if baseline is None:
+            raise NoData(f"workload {canary!r} in namespace {namespace!r} is not a canary in the config "
+                         "(canaries: [{namespace, canary, baseline}])")
+        # The baseline's series are the ones the same selector would pick if they were the canary's.
+        base_series = [x for x in self.store.series_in(namespace) if x.key.workload == baseline
+                       and selector.matches({**x.key.labels(), "workload": canary})]
+        s = selection.settings
+        mine, _ = self.latency(selection, 0.95, now)
+        theirs, _ = self.latency(Selection((baseline,), base_series, s), 0.95, now)
+        for name, signal in ((canary, mine), (baseline, theirs)):
+            if signal is None or signal.samples < s.min_samples or signal.seconds <= 0:
+                have = 0 if signal is None else signal.samples
+                raise NoData(f"too few requests for a canary verdict: {name!r} has {have} in the window, "
+                             f"min_samples is {s.min_samples}")
+        assert mine is not None and theirs is not None
+        return Value(mine.seconds / theirs.seconds,
+                     _traced({**labels, "baseline": baseline}, mine.trace_id))
+
+
+def _common_labels(selection: Selection) -> dict[str, str]:
+    return {"workload": selection.workloads[0]} if len(selection.workloads) == 1 else {}
+
+
+def _traced(labels: dict[str, str], trace_id: str | None) -> dict[str, str]:
+    return {**labels, "trace_id": trace_id} if trace_id else labels
+
+
+def _what(selection: Selection) -> str:
+    return "workload " + ", ".join(repr(w) for w in selection.workloads)
