@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .config import LOG_LEVELS, load_settings
 from .errors import ConfigError
+from .traces import check_url_template
 
 log = logging.getLogger("adapter.cli")
 
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="how often workload CPU is polled from the Kubernetes API (default 15)")
     cpu.add_argument("--kubeconfig", type=Path, default=None,
                      help="kubeconfig for reading Deployments, pods and PodMetrics (default: in-cluster)")
+    serve.add_argument("--trace-url-template", default=None,
+                       help="link to a trace, with {trace_id} where the id goes (e.g. "
+                            "https://tempo.example/explore?traceId={trace_id}); used by /debug/workloads")
     serve.add_argument("--demo", action="store_true",
                        help="also run the demo traffic generator against this adapter's OTLP port")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=None)
@@ -140,7 +144,16 @@ def _serve(args: argparse.Namespace) -> int:
         bad = ConfigError("--cpu-poll-seconds", args.cpu_poll_seconds, "must be between 1 and 3600")
         print(f"latency-adapter: invalid configuration: {bad}", file=sys.stderr)
         return EXIT_USAGE
+    traces = settings.traces
+    if args.trace_url_template is not None:
+        try:
+            check_url_template("--trace-url-template", args.trace_url_template)
+        except ConfigError as exc:
+            print(f"latency-adapter: invalid configuration: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        traces = dataclasses.replace(traces, url_template=args.trace_url_template)
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
+                                   traces=traces,
                                    insecure_no_auth=args.insecure_no_auth, demo=args.demo,
                                    kubeconfig=args.kubeconfig,
                                    cpu=dataclasses.replace(settings.cpu, **cpu),

@@ -11,6 +11,8 @@ store:  {window_seconds: 60, slice_seconds: 5, refresh_seconds: 1, max_series: 1
 otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_namespace: default,
          split_routes: true, max_label_length: 128}
 cpu:    {source: auto, poll_seconds: 15}
+traces: {url_template: "https://tempo.example/explore?traceId={trace_id}", exemplar_info: true,
+         exemplar_info_interval_seconds: 60, exemplar_info_series_per_hour: 5000}
 log_level: info
 defaults: {latency_target_seconds: 0.25, cpu_target_utilization: 0.6, min_samples: 50,
            cpu_floor: 0.3, stale_after_seconds: 60, quantile: p95}
@@ -44,6 +46,7 @@ from .sources.kubernetes import CPU_SOURCES, CpuSourceSettings
 from .sources.otlp import ReceiverSettings
 from .sources.otlp_ingest import IngestSettings
 from .store import StoreSettings
+from .traces import TraceSettings, check_url_template
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -67,6 +70,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     cpu: CpuSourceSettings = field(default_factory=CpuSourceSettings)
+    traces: TraceSettings = field(default_factory=TraceSettings)
     #: kubeconfig for reading workloads, pods and PodMetrics (``None``: in-cluster when in a pod).
     kubeconfig: Path | None = None
     #: Per-workload targets and canary pairs (``defaults``, ``workloads``, ``canaries``).
@@ -91,6 +95,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "otlp.default_namespace": (lambda v: 0 < len(v) <= 63, "a namespace name (1 to 63 characters)"),
     "cpu.source": (lambda v: v in CPU_SOURCES, "one of " + ", ".join(CPU_SOURCES)),
     "cpu.poll_seconds": (lambda v: 1 <= v <= 3600, "between 1 and 3600"),
+    "traces.exemplar_info_interval_seconds": (lambda v: 1 <= v <= 86400, "between 1 and 86400"),
+    "traces.exemplar_info_series_per_hour": (lambda v: v >= 1, "at least 1"),
 }
 
 #: File section -> (settings attribute, dataclass). ``otlp`` feeds two dataclasses.
@@ -98,6 +104,7 @@ _SECTIONS: dict[str, tuple[tuple[str, type[Any]], ...]] = {
     "store": (("store", StoreSettings),),
     "otlp": (("ingest", IngestSettings), ("receiver", ReceiverSettings)),
     "cpu": (("cpu", CpuSourceSettings),),
+    "traces": (("traces", TraceSettings),),
 }
 
 
@@ -177,6 +184,8 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
             check = _CHECKS.get(path)
             if check is not None and not check[0](value):
                 raise ConfigError(path, value, f"must be {check[1]}")
+            if path == "traces.url_template":
+                check_url_template(path, value)
             per_target[attr][key] = value
         for attr, _cls in targets:
             current = getattr(base, attr)

@@ -274,6 +274,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key in ("trace_id", "span_id"):  # set by a logging filter when the adapter traces itself
+            value = getattr(record, key, None)
+            if value:
+                doc[key] = value
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update(fields)
