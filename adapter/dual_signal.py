@@ -135,7 +135,12 @@ class DualSignal:
             what = f"selector {str(selector)!r}" if not selector.is_empty() else "an empty selector"
             raise NoData(f"no workload in namespace {namespace!r} has latency or CPU data matching {what}")
         s = selection.settings
-        labels = _common_labels(selection)
+        # Every item names a representative request: the one near the window's p95 and, when the
+        # window had errors, a failed one.
+        window, view = self.latency(selection, 0.95, now)
+        labels = _traced(_common_labels(selection), window.trace_id if window else None)
+        if view is not None and view.errors > 0 and view.error_trace_id:
+            labels["error_trace_id"] = view.error_trace_id
         if metric in ("cpu_utilization", "cpu_utilization_ratio"):
             cpu = self.cpu_signal(namespace, selection, now)
             ratio = cpu_ratio(cpu, s, now)
@@ -144,11 +149,10 @@ class DualSignal:
                              f"{s.stale_after_seconds:g}s (metrics-server or OTLP k8s.pod.cpu.usage)")
             return Value(cpu.utilization if metric == "cpu_utilization" else ratio, labels)
         if metric == "latency_p95_ratio":
-            latency, _ = self.latency(selection, 0.95, now)
-            if latency is None:
+            if window is None:
                 raise NoData(f"no latency data for {_what(selection)} in namespace {namespace!r} "
                              f"in the last {self.store.settings.window_seconds}s")
-            return Value(latency.seconds / s.latency_target_seconds, _traced(labels, latency.trace_id))
+            return Value(window.seconds / s.latency_target_seconds, labels)
         if metric == "dual_signal_ratio":
             decision = self.decision(namespace, selection, now)
             if decision is None:
@@ -156,6 +160,7 @@ class DualSignal:
                     f"neither signal is usable for {_what(selection)} in namespace {namespace!r}: fewer "
                     f"than {s.min_samples} requests in the window and no CPU data within "
                     f"{s.stale_after_seconds:g}s; the HPA holds")
+            # The decision's own trace (near the quantile it used) when latency counted in it.
             return Value(decision.ratio, _traced({**labels, "reason": decision.reason}, decision.trace_id))
         if metric == "latency_p95_baseline_ratio":
             return self._baseline_ratio(namespace, selector, selection, labels, now)
@@ -184,8 +189,7 @@ class DualSignal:
                 raise NoData(f"too few requests for a canary verdict: {name!r} has {have} in the window, "
                              f"min_samples is {s.min_samples}")
         assert mine is not None and theirs is not None
-        return Value(mine.seconds / theirs.seconds,
-                     _traced({**labels, "baseline": baseline}, mine.trace_id))
+        return Value(mine.seconds / theirs.seconds, {**labels, "baseline": baseline})
 
 
 def _common_labels(selection: Selection) -> dict[str, str]:

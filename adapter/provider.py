@@ -54,23 +54,25 @@ class _Cached:
 
 
 def _value_of(metric: str, view: WindowView) -> tuple[float, dict[str, str]]:
+    """The value and the trace labels: every item names the request near the value it serves (for
+    latency, the quantile; otherwise the p95) and, when the window had errors, a failed request."""
     labels: dict[str, str] = {}
     q = LATENCY_QUANTILES.get(metric)
+    if q is None and metric not in ("request_rate", "error_ratio"):
+        raise MetricNotFound(f"metric {metric!r} is not served by this adapter")
+    near = view.sketch.quantile(q if q is not None else 0.95)
+    if near is None:
+        raise ValueError("empty sketch")
+    exemplar = view.exemplar_near(near)
+    if exemplar is not None:
+        labels["trace_id"] = exemplar.trace_id
+    if view.errors > 0 and view.error_trace_id:
+        labels["error_trace_id"] = view.error_trace_id
     if q is not None:
-        value = view.sketch.quantile(q)
-        if value is None:
-            raise ValueError("empty sketch")
-        exemplar = view.exemplar_near(value)
-        if exemplar is not None:
-            labels["trace_id"] = exemplar.trace_id
-        return value, labels
+        return near, labels
     if metric == "request_rate":
         return view.count / view.seconds, labels
-    if metric == "error_ratio":
-        if view.error_trace_id:
-            labels["error_trace_id"] = view.error_trace_id
-        return view.errors / view.count, labels
-    raise MetricNotFound(f"metric {metric!r} is not served by this adapter")
+    return view.errors / view.count, labels
 
 
 class MetricsProvider:

@@ -74,7 +74,19 @@ def test_each_row_of_the_table(provider: MetricsProvider, store: WindowStore, cl
     assert r.labels["reason"] == reason
     assert r.labels["workload"] == "checkout"
     assert r.value == pytest.approx(ratio, rel=0.01)
-    assert ("trace_id" in r.labels) == (reason not in ("cpu_only_low_traffic",))
+    assert r.labels["trace_id"] == "ab" * 16  # a representative request, even at low traffic
+    assert "error_trace_id" not in r.labels
+
+
+def test_every_item_names_a_failed_request_when_the_window_had_errors(
+        provider: MetricsProvider, store: WindowStore, clock: FakeClock) -> None:
+    store.add_durations(SeriesKey("shop", "checkout"), np.full(100, 0.3), 4, [Exemplar(0.3, "ab" * 16)], T0,
+                        error_trace_id="ee" * 16)
+    cpu(provider, "checkout", 0.5, T0)
+    clock.now = T0 + 2
+    for metric in ("cpu_utilization", "cpu_utilization_ratio", "latency_p95_ratio", "dual_signal_ratio"):
+        labels = read(provider, metric).labels
+        assert (labels["trace_id"], labels["error_trace_id"]) == ("ab" * 16, "ee" * 16), metric
 
 
 def test_neither_signal_is_404_and_never_zero(provider: MetricsProvider, store: WindowStore,
@@ -118,6 +130,7 @@ def test_workload_with_cpu_only_is_found_by_the_selector(provider: MetricsProvid
     clock.now = T0 + 1
     r = read(provider, "dual_signal_ratio", "workload=batch")
     assert (r.labels["reason"], r.value) == ("cpu_only_low_traffic", pytest.approx(1.5))
+    assert "trace_id" not in r.labels  # no request at all: nothing to point at
 
 
 def test_per_workload_targets(provider: MetricsProvider, store: WindowStore, clock: FakeClock) -> None:

@@ -214,7 +214,8 @@ def test_request_rate_is_count_over_the_covered_window(provider: MetricsProvider
     reading = read(provider, "shop", "request_rate", "workload=checkout")
     assert reading.value == pytest.approx(100.0)  # 2,000 requests over the 20 s the series exists, not 60 s
     assert reading.window_seconds == 20
-    assert "trace_id" not in reading.labels
+    assert len(reading.labels["trace_id"]) == 32  # a representative request (near the p95)
+    assert "error_trace_id" not in reading.labels  # no errors
     for second in range(20, 90):
         feed(store, key, lognormal(rng, 50, 0.08), T0 + second)
     clock.now = T0 + 90.0
@@ -237,7 +238,10 @@ def test_error_ratio_with_error_trace_id(provider: MetricsProvider, store: Windo
     clock.now = T0 + 10.0
     reading = read(provider, "shop", "error_ratio", "workload=checkout")
     assert reading.value == pytest.approx(0.05)
-    assert reading.labels == {"workload": "checkout", "error_trace_id": "a1" * 16}
+    assert reading.labels["error_trace_id"] == "a1" * 16
+    assert set(reading.labels) == {"workload", "trace_id", "error_trace_id"}
+    latency = read(provider, "shop", "latency_p95_seconds", "workload=checkout")
+    assert latency.labels["error_trace_id"] == "a1" * 16  # every item names a failed request too
 
 
 def test_error_ratio_without_errors_is_zero_and_has_no_trace(provider: MetricsProvider, store: WindowStore,
@@ -246,7 +250,7 @@ def test_error_ratio_without_errors_is_zero_and_has_no_trace(provider: MetricsPr
     clock.now = T0 + 5.0
     reading = read(provider, "shop", "error_ratio", "workload=checkout")
     assert reading.value == 0.0  # real data with no failures: a genuine 0
-    assert reading.labels == {"workload": "checkout"}
+    assert set(reading.labels) == {"workload", "trace_id"}  # no failed request to point at
 
 
 # --- cache -----------------------------------------------------------------------------------------------
