@@ -121,10 +121,10 @@ class DualSignal:
         workloads |= self.cpu.all_workloads()
         out: dict[tuple[str, str], Decision | None] = {}
         for namespace, workload in sorted(workloads):
-            selector = parse_selector(f"workload={workload}")
             try:
+                selector = parse_selector(f"workload={workload}")
                 out[(namespace, workload)] = self.decision(namespace, self.select(namespace, selector), now)
-            except BadRequest:  # cannot happen for one workload; never let one break the others
+            except BadRequest:  # a name no selector can hold; never let one workload break the others
                 out[(namespace, workload)] = None
         return out
 

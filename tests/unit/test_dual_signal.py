@@ -209,3 +209,12 @@ def test_every_workload_is_evaluated_and_exported(provider: MetricsProvider, sto
     assert got[("latency_adapter_decisions_total", (("reason", "cpu_only_low_traffic"),))] == 2
     assert not any(name == "latency_adapter_dual_signal_ratio" and dict(labels)["workload"] == "quiet"
                    for name, labels in got)
+
+
+def test_a_workload_name_no_selector_can_hold_does_not_stop_the_others(provider: MetricsProvider,
+                                                                       clock: FakeClock) -> None:
+    cpu(provider, "checkout", 0.9, T0)
+    cpu(provider, "not a label value!", 0.9, T0)
+    decisions = provider.dual.all_decisions(T0 + 1)
+    assert decisions[("shop", "not a label value!")] is None
+    assert decisions[("shop", "checkout")] is not None
