@@ -28,8 +28,10 @@ from .api.security import SecureParts, build_secure, build_tls, in_cluster
 from .config import Settings
 from .cpu import CpuSignals
 from .errors import ConfigError
+from .exemplar_info import ExemplarInfo, ExemplarInfoCollector, P95TraceIds
 from .policy_config import PolicyConfig, PolicyWatcher
 from .provider import MetricsProvider
+from .self_tracing import SelfTracing, install_log_filter
 from .sources.kubernetes import KubernetesCpuSource
 from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
 from .sources.otlp_ingest import OtlpIngestor
@@ -70,6 +72,12 @@ class Service:
         self.clock = clock
         self.store = WindowStore(settings.store)
         self.telemetry = Telemetry(self.store)
+        self.telemetry.watch_latency(clock)  # latency_adapter_workload_latency_seconds with exemplars
+        #: latency_adapter_p95_exemplar_info (config traces.exemplar_info); None when off: no series, no work.
+        self.exemplar_info: ExemplarInfo | None = None
+        if settings.traces.exemplar_info:
+            self.exemplar_info = ExemplarInfo.from_settings(settings.traces)
+            self.telemetry.registry.register(ExemplarInfoCollector(self.exemplar_info))
         self.cpu = CpuSignals()
         self.ingestor = OtlpIngestor(self.store, settings.ingest, started_unix_nano=int(clock() * 1e9),
                                      cpu=self.cpu)
@@ -84,6 +92,9 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.ports: BoundPorts | None = None
         self._ready = False
+        #: The adapter's own tracing; None until start, and after it when the OTel environment asks for
+        #: none. A test may set one (e.g. with an in-memory exporter) before start.
+        self.tracing: SelfTracing | None = None
 
     async def start(self) -> BoundPorts:
         """Bind every listener and start the background tasks; raises ConfigError for bad security flags."""
@@ -101,13 +112,23 @@ class Service:
             "not_after": cert.not_valid_after_utc.isoformat(),
             "cert_file": str(s.security.tls_cert_file or s.cert_dir),
             "self_signed": s.security.tls_cert_file is None}})
-        api_app = build_api_app(self.provider, self.telemetry, guard)
+        if self.tracing is None:
+            self.tracing = SelfTracing.from_env()  # None unless OTEL_EXPORTER_OTLP_*ENDPOINT asks for it
+        if self.tracing is not None:
+            install_log_filter()  # JSON log lines written inside a traced request carry its trace_id
+        tracing = self.tracing
+        api_app = build_api_app(self.provider, self.telemetry, guard,
+                                middlewares=tracing.middlewares("api") if tracing else ())
         context = tls.context
         self._tasks.append(asyncio.create_task(tls.watch(), name="tls-watch"))
         api = await self._listen(api_app, s.api_port, context)
-        otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock),
+        otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock,
+                                                 middlewares=tracing.middlewares("otlp") if tracing else ()),
                                   s.otlp_port, runner_options=OTLP_RUNNER_OPTIONS)
-        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready, self.clock),
+        if tracing is not None:
+            tracing.guard_own_receiver(otlp, s.bind)  # no receiver spans for our own exports
+        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready, self.clock,
+                                               provider=self.provider, traces=s.traces),
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
         self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))
@@ -188,6 +209,8 @@ class Service:
                 self.store.advance(now)
                 self.telemetry.sync_store_counters()
                 self._publish_decisions(now)
+                if self.exemplar_info is not None:  # trace ids are computed lazily, only where needed
+                    self.exemplar_info.update(now, P95TraceIds(self.store, now))
             except Exception:  # keep ticking: a bug here must not freeze every window
                 log.exception("slice ticker failed")
 
@@ -231,6 +254,9 @@ class Service:
         if self._kube is not None:
             self._kube.close()
             self._kube = None
+        if self.tracing is not None:  # after the listeners, so the last requests' spans are exported
+            await self.tracing.shutdown()
+            self.tracing = None
 
 
 def _rounded(value: float | None) -> float | None:

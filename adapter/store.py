@@ -19,7 +19,20 @@ the figure).
 Caps: at most ``max_series`` series in total and ``max_series_per_namespace`` per namespace. A sample for
 a new series over a cap is dropped and counted in :attr:`WindowStore.dropped`, never an exception.
 
-Length: about 480 lines; slices, series and windows are one data structure with one time model.
+Request counts: besides the window, the store keeps per workload (namespace, workload) cumulative counts
+of every request it accepted since it started, in the buckets of :data:`REQUEST_BUCKETS`
+(:class:`RequestCounts`, read with :meth:`WindowStore.request_counts`; ``/metrics`` exports them as
+``latency_adapter_workload_latency_seconds``). They cost nothing on the ingest path: a slice's bins are
+turned into bucket counts once, when the slice closes, and the open slice is added at read time. The
+request count is exact; a bucket ``le=b`` counts every request at or below ``b`` plus those in the
+sketch bin that holds ``b`` (at most about 1 % above ``b``, twice the relative accuracy); the sum is
+within the relative accuracy (each request counts as its bin's value). Imported histograms count as
+their sketch bins, i.e. their bucket counts spread uniformly inside each source bucket. A workload's
+counts stay while it has a series and :data:`REQUEST_COUNTS_RETENTION_SECONDS` (1 h) after its last
+series left, then go (a workload that comes back later starts again from 0, which Prometheus reads as a
+counter reset); at most ``max_series`` workloads are kept, evicting the longest gone first.
+
+Length: about 650 lines; slices, series and windows are one data structure with one time model.
 """
 
 from __future__ import annotations
@@ -36,6 +49,11 @@ from .sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch, merged
 
 #: Exemplar candidates kept per slice; enough to cover a slice's upper tail at a fixed memory cost.
 CANDIDATES_PER_SLICE = 16
+#: Upper bounds (seconds) of the per-workload request counts: OpenTelemetry's advisory buckets for
+#: ``http.server.request.duration``, so an imported histogram with the usual bounds keeps its buckets.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: A workload's request counts are kept this long after its last series left the store.
+REQUEST_COUNTS_RETENTION_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,7 @@ _OVERHEAD = {
     "array": 112,
     "exemplar": 170,  # Exemplar + 32-character str + float
     "series": 900,  # Series + ring list + window sketch objects + key
+    "request_counts": 250,  # RequestCounts with slots + bucket array header + dict entry (+ 8 B a bucket)
 }
 
 
@@ -187,6 +206,38 @@ class Series:
             if s is not None:
                 total += s.nbytes()
         return total
+
+
+WorkloadKey = tuple[str, str]
+
+
+class RequestCounts:
+    """Cumulative requests of one workload in the closed slices since the store started.
+
+    ``le[i]`` counts the requests at or below ``REQUEST_BUCKETS[i]`` (see the module docstring for the
+    resolution at a bound), ``count`` every request, ``seconds`` their approximate sum. ``series`` is how
+    many series of the workload the store holds.
+    """
+
+    __slots__ = ("count", "le", "seconds", "series")
+
+    def __init__(self, buckets: int) -> None:
+        self.le = np.zeros(buckets, dtype=np.float64)
+        self.count = 0.0
+        self.seconds = 0.0
+        self.series = 0
+
+
+@dataclass(frozen=True)
+class WorkloadRequests:
+    """A read-only copy of one workload's cumulative request counts, open slices included."""
+
+    namespace: str
+    workload: str
+    #: Cumulative counts per bound of :data:`REQUEST_BUCKETS` (requests at or below the bound).
+    le: tuple[float, ...]
+    count: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -231,6 +282,18 @@ class WindowStore:
         self.epoch: int | None = None  # id of the last closed slice
         self.dropped: dict[str, int] = {"series_cap": 0, "namespace_series_cap": 0}
         self.rolls = 0
+        # Request counts per workload (module docstring); _departed: workloads without series, by the
+        # epoch their last series left, oldest first.
+        self._requests: dict[WorkloadKey, RequestCounts] = {}
+        self._departed: dict[WorkloadKey, int] = {}
+        #: Workloads whose request counts were dropped early to stay within ``max_series`` workloads.
+        self.request_counts_evicted = 0
+        sketch = LatencySketch(self.settings.relative_accuracy)
+        mapping = sketch.mapping
+        self._bucket_keys = sketch.keys_of(np.asarray(REQUEST_BUCKETS, dtype=np.float64))
+        self._key_offset = float(mapping._offset)
+        self._key_multiplier = float(mapping._multiplier)
+        self._key_value = 2.0 / (1.0 + float(mapping.gamma))  # bin value = upper edge * this (ddsketch)
 
     # -- time --------------------------------------------------------------------------------------
 
@@ -259,10 +322,13 @@ class WindowStore:
                     self._window_add(series, s, 1.0)
                 for s in series.slices_in(previous - n + 1, epoch - n):
                     self._window_add(series, s, -1.0)
+            if previous is not None:
+                self._count_closed(series, previous + 1, epoch)
             self._drop_expired(series, epoch - n)
             # Counts are whole requests; < 0.5 is an empty window whatever float rounding left behind.
             if series.window_count < 0.5 and not series.slices_in(epoch + 1, epoch + 1):
                 self._remove(key)
+        self._forget_departed(epoch)
         return True
 
     def _window_add(self, series: Series, s: Slice, sign: float) -> None:
@@ -282,6 +348,48 @@ class WindowStore:
         series.window_errors = 0.0
         for s in series.slices_in(epoch - n + 1, epoch):
             self._window_add(series, s, 1.0)
+
+    def _count_closed(self, series: Series, first: int, last: int) -> None:
+        """Add the slices of ``series`` that closed (ids ``first..last``) to its workload's request counts.
+
+        Each slice closes in exactly one call of :meth:`advance`, so each is counted once, also when the
+        clock jumped past the whole window.
+        """
+        closed = series.slices_in(first, last)
+        if not closed:
+            return
+        counts = self._requests[(series.key.namespace, series.key.workload)]
+        for s in closed:
+            le, seconds = self._bucket_counts(*s.parts())
+            counts.le += le
+            counts.count += s.count
+            counts.seconds += seconds
+
+    def _bucket_counts(self, offset: int, bins: np.ndarray[Any, Any],
+                       zeros: float) -> tuple[np.ndarray[Any, np.dtype[np.float64]], float]:
+        """(requests at or below each bound of :data:`REQUEST_BUCKETS`, their approximate sum) of a run
+        of sketch bins starting at key ``offset``: a bin counts towards a bound when its key is at most
+        the bound's key (the bin holding the bound is counted as below it)."""
+        n = bins.shape[0]
+        if n == 0:
+            return np.full(self._bucket_keys.shape[0], float(zeros)), 0.0
+        cumulative = np.cumsum(bins, dtype=np.float64)
+        at = self._bucket_keys - offset
+        le = np.where(at < 0, 0.0, cumulative[np.clip(at, 0, n - 1)]) + float(zeros)
+        upper = np.exp2((np.arange(offset, offset + n, dtype=np.float64) - self._key_offset)
+                        / self._key_multiplier)
+        return le, float(np.dot(bins.astype(np.float64), upper)) * self._key_value
+
+    def _forget_departed(self, epoch: int) -> None:
+        """Drop the request counts of workloads whose last series left more than the retention ago."""
+        horizon = epoch - math.ceil(REQUEST_COUNTS_RETENTION_SECONDS / self.settings.slice_seconds)
+        departed = self._departed
+        while departed:
+            workload, left = next(iter(departed.items()))
+            if left > horizon:
+                break
+            del departed[workload]
+            del self._requests[workload]
 
     def _drop_expired(self, series: Series, last_expired: int) -> None:
         for i, s in enumerate(series.ring):
@@ -317,6 +425,17 @@ class WindowStore:
         series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, now)
         self._series[key] = series
         self._per_namespace[key.namespace] = in_ns + 1
+        workload = (key.namespace, key.workload)
+        counts = self._requests.get(workload)
+        if counts is None:
+            if len(self._requests) >= self.settings.max_series and self._departed:
+                oldest = next(iter(self._departed))  # the workload gone longest
+                del self._departed[oldest]
+                del self._requests[oldest]
+                self.request_counts_evicted += 1
+            counts = self._requests[workload] = RequestCounts(len(REQUEST_BUCKETS))
+        self._departed.pop(workload, None)
+        counts.series += 1
         return series
 
     def _remove(self, key: SeriesKey) -> None:
@@ -326,6 +445,12 @@ class WindowStore:
             self._per_namespace[key.namespace] = left
         else:
             del self._per_namespace[key.namespace]
+        workload = (key.namespace, key.workload)
+        counts = self._requests[workload]
+        counts.series -= 1
+        if counts.series == 0:
+            assert self.epoch is not None
+            self._departed[workload] = self.epoch
 
     def add_durations(
         self,
@@ -418,6 +543,43 @@ class WindowStore:
     def all_series(self) -> list[Series]:
         return list(self._series.values())
 
+    def workloads(self) -> dict[WorkloadKey, list[Series]]:
+        """The series of every workload, by (namespace, workload)."""
+        out: dict[WorkloadKey, list[Series]] = {}
+        for key, series in self._series.items():
+            out.setdefault((key.namespace, key.workload), []).append(series)
+        return out
+
+    def request_counts(self) -> list[WorkloadRequests]:
+        """Every workload's cumulative request counts since the store started, the open slice included.
+
+        Between two calls a workload's numbers never go down (a slice's counts move from the open part
+        to the closed part when it closes); a workload is absent once its retention ran out.
+        """
+        opened: dict[WorkloadKey, tuple[np.ndarray[Any, np.dtype[np.float64]], float, float]] = {}
+        if self.epoch is not None:
+            open_id = self.epoch + 1
+            for key, series in self._series.items():
+                s = series.ring[open_id % len(series.ring)]
+                if s is None or s.slice_id != open_id or s.count <= 0:
+                    continue
+                le, seconds = self._bucket_counts(*s.parts())
+                owner = (key.namespace, key.workload)
+                before = opened.get(owner)
+                if before is not None:
+                    le, seconds, count = le + before[0], seconds + before[1], s.count + before[2]
+                else:
+                    count = s.count
+                opened[owner] = (le, seconds, count)
+        out = []
+        for (namespace, workload), counts in self._requests.items():
+            le, seconds, count = counts.le, counts.seconds, counts.count
+            extra = opened.get((namespace, workload))
+            if extra is not None:
+                le, seconds, count = le + extra[0], seconds + extra[1], count + extra[2]
+            out.append(WorkloadRequests(namespace, workload, tuple(le.tolist()), count, seconds))
+        return out
+
     def view(self, series: Sequence[Series], now: float | None = None) -> WindowView | None:
         """Merge the windows of ``series`` into one view; None when they hold no requests.
 
@@ -482,5 +644,7 @@ class WindowStore:
         )
 
     def nbytes(self) -> int:
-        """Approximate bytes held by all series (sketch arrays plus fixed per-object overheads)."""
-        return sum(s.nbytes() for s in self._series.values())
+        """Approximate bytes held by all series (sketch arrays plus fixed per-object overheads) and by the
+        per-workload request counts."""
+        counts = len(self._requests) * (_OVERHEAD["request_counts"] + 8 * len(REQUEST_BUCKETS))
+        return sum(s.nbytes() for s in self._series.values()) + counts

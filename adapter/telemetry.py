@@ -6,8 +6,8 @@ arriving (``latency_adapter_otlp_items_total``), is it being refused and why
 how many series are live and how much memory they hold, and how fast the API answers the HPA.
 
 Gauges that describe the store are read at scrape time by a collector, so the hot paths never update
-them. The registry is per service instance (no globals), which lets tests run several services in one
-process.
+them; so is the per-workload latency histogram with its exemplars (:mod:`adapter.latency_histogram`).
+The registry is per service instance (no globals), which lets tests run several services in one process.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .latency_histogram import LatencyHistogramCollector
 from .policy import Decision
 from .store import WindowStore
 
@@ -233,6 +234,10 @@ class Telemetry:
         r.register(_StoreCollector(store))
         self._store = store
         self._dropped_seen: dict[str, int] = {}
+
+    def watch_latency(self, clock: Callable[[], float]) -> None:
+        """Export ``latency_adapter_workload_latency_seconds`` with exemplars from the store (once)."""
+        self.registry.register(LatencyHistogramCollector(self._store, clock))
 
     def watch_policy(self, watcher: PolicyWatcher) -> None:
         """Export the policy file watcher's reload counters."""

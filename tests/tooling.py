@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 
 import pytest
 
@@ -22,3 +24,15 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; CI must provide it", pytrace=False)
     pytest.skip(message)
+
+
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> int:
+    """Stop a server process the way a supervisor does: SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode

@@ -1,8 +1,11 @@
 """The operations listener (port 9464): ``/metrics``, ``/healthz``, ``/readyz``, ``/debug/workloads``.
 
 ``/metrics`` speaks the Prometheus text format, or OpenMetrics when the scraper asks for it (which is
-what carries exemplars). ``/debug/workloads`` lists every live series with its current values as JSON,
-the first place to look when an HPA says a metric is missing.
+what carries exemplars). ``/debug/workloads`` lists every workload and every live series with its
+current values, CPU and dual-signal decision, and a link to the trace behind each number: the first
+place to look when an HPA says a metric is missing or scales for a reason nobody expected. It answers
+JSON (the default, and ``?format=json``) or one HTML page when the client prefers ``text/html`` (a
+browser) or asks ``?format=html``; the shapes are described in :mod:`adapter.api.debug_page`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,27 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from ..provider import LATENCY_QUANTILES
+from ..provider import MetricsProvider
 from ..store import WindowStore
 from ..telemetry import Telemetry
+from ..traces import TraceSettings, check_url_template
+from .debug_page import HTML_HEADERS, collect, render_html, to_json, wants_html
+
+#: Headers of every /debug/workloads answer: its representation depends on Accept, and it is live data.
+_DEBUG_HEADERS = {"Vary": "Accept", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool],
-                  clock: Callable[[], float]) -> web.Application:
+                  clock: Callable[[], float], *, provider: MetricsProvider | None = None,
+                  traces: TraceSettings | None = None) -> web.Application:
+    """The operations app. ``provider`` (on ``store``) gives ``/debug/workloads`` its CPU and decisions
+    (without one, a provider with no CPU data and the default policy is used); ``traces`` its links."""
+    if provider is None:
+        provider = MetricsProvider(store, clock)
+    if provider.store is not store:
+        raise ValueError("the provider must read the same store")
+    # Links are only ever made from a template that passed the configuration's check.
+    template = check_url_template("traces.url_template", (traces or TraceSettings()).url_template)
     app = web.Application()
 
     async def metrics(request: web.Request) -> web.Response:
@@ -37,25 +54,18 @@ def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], 
         return web.Response(status=503, text="not ready")
 
     async def workloads(request: web.Request) -> web.Response:
-        rows = []
+        try:
+            html = wants_html(request.headers.get("Accept", ""), request.query.get("format"))
+        except ValueError as exc:
+            return web.Response(status=400, text=f"{exc}\n", headers=_DEBUG_HEADERS)
         now = clock()
         store.advance(now)
-        ordered = sorted(store.all_series(), key=lambda s: (s.key.namespace, s.key.workload, s.key.route))
-        for series in ordered:
-            view = store.view([series], now=now)
-            row: dict[str, object] = {"namespace": series.key.namespace, **series.key.labels()}
-            if view is not None:
-                for metric, q in LATENCY_QUANTILES.items():
-                    value = view.sketch.quantile(q)
-                    row[metric] = value
-                    exemplar = view.exemplar_near(value) if value is not None else None
-                    row[metric.replace("_seconds", "_trace_id")] = exemplar.trace_id if exemplar else None
-                row["request_rate"] = view.count / view.seconds
-                row["error_ratio"] = view.errors / view.count
-                row["requests_in_window"] = view.count
-            rows.append(row)
-        body = json.dumps({"epoch": store.epoch, "series": rows}, indent=1)
-        return web.Response(text=body, content_type="application/json")
+        snapshot = collect(store, provider.dual, now)
+        if html:
+            return web.Response(text=render_html(snapshot, template), content_type="text/html",
+                                charset="utf-8", headers={**_DEBUG_HEADERS, **HTML_HEADERS})
+        body = json.dumps(to_json(snapshot, template), indent=1)
+        return web.Response(text=body, content_type="application/json", headers=_DEBUG_HEADERS)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..errors import BadRequest, MethodNotAllowed, NotFoundPath, RequestError, quote, status_of
 from ..model import Reading
@@ -151,9 +152,13 @@ def add_routes(app: web.Application, handlers: ApiHandlers) -> None:
 
 
 def build_api_app(provider: MetricsProvider, telemetry: Telemetry,
-                  guard: RequestGuard | None = None) -> web.Application:
-    """The API application; ``guard`` None serves everyone (``--insecure-no-auth`` only)."""
-    app = web.Application(handler_args={"max_field_size": 16384})
+                  guard: RequestGuard | None = None, *,
+                  middlewares: Iterable[Middleware] = ()) -> web.Application:
+    """The API application; ``guard`` None serves everyone (``--insecure-no-auth`` only).
+
+    ``middlewares``: none by default (the value path is hot); the adapter's own tracing adds one.
+    """
+    app = web.Application(handler_args={"max_field_size": 16384}, middlewares=middlewares)
     app[provider_key] = provider
     app[telemetry_key] = telemetry
     add_routes(app, ApiHandlers(provider, telemetry, guard))

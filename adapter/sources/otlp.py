@@ -18,10 +18,11 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from ..errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
@@ -151,9 +152,11 @@ class OtlpReceiver:
 
 
 def build_otlp_app(ingestor: OtlpIngestor, telemetry: Telemetry, settings: ReceiverSettings,
-                   clock: Callable[[], float] = time.time) -> web.Application:
+                   clock: Callable[[], float] = time.time, *,
+                   middlewares: Iterable[Middleware] = ()) -> web.Application:
+    """The receiver application; ``middlewares`` none by default (the adapter's own tracing adds one)."""
     # aiohttp's own body cap sits a little above ours so our handler produces the 413 and counts it.
-    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=middlewares)
     app[ingestor_key] = ingestor
     receiver = OtlpReceiver(ingestor, telemetry, settings, clock)
     app.router.add_post("/v1/traces", receiver.traces)

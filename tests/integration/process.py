@@ -16,7 +16,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any, Self, TypeVar
 
 import pytest
 import yaml
+
+from tests.tooling import terminate
 
 ADAPTER_BIN = Path(sys.executable).with_name("latency-adapter")
 START_TIMEOUT = 20.0
@@ -110,6 +111,8 @@ class ServiceProcess:
 
     #: Environment variables the child does not inherit.
     drop_env: tuple[str, ...] = ()
+    #: Environment variables set for the child (after ``drop_env``), e.g. ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    extra_env: Mapping[str, str] = {}
     #: How many lines :meth:`stderr_tail` returns by default.
     tail_lines = 60
 
@@ -140,6 +143,7 @@ class ServiceProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in self.drop_env}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -173,14 +177,7 @@ class ServiceProcess:
         proc = self.proc
         if proc is None or self.returncode is not None:
             return self.returncode
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self.returncode = proc.returncode
+        self.returncode = terminate(proc, STOP_TIMEOUT)
         return self.returncode
 
     def alive(self) -> bool:

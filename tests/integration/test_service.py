@@ -346,6 +346,14 @@ def test_ops_probes_and_debug(adapter: Any, shop: Shop) -> None:
     assert debug.status == 200 and debug.content_type == "application/json", debug
     rows = [r for r in debug.json()["series"] if r["namespace"] == "shop" and r["workload"] == "checkout"]
     assert sorted(r["route"] for r in rows) == ["cart", "pay"], rows
+    [workload] = [w for w in debug.json()["workloads"]
+                  if (w["namespace"], w["workload"]) == ("shop", "checkout")]
+    assert sorted(r["route"] for r in workload["routes"]) == ["cart", "pay"], workload
+    assert workload["requests_in_window"] == sum(r["requests_in_window"] for r in rows), workload
+    page = adapter.ops("/debug/workloads", {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status == 200 and page.content_type == "text/html", page
+    assert page.headers["content-security-policy"] == "default-src 'none'; style-src 'unsafe-inline'"
+    assert "\u21b3 cart" in page.text and "\u21b3 pay" in page.text
 
 
 def test_metrics_count_accepted_spans(adapter: Any, spans: Any, shop: Shop) -> None:
