@@ -13,7 +13,7 @@ that says which workloads it matched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,8 +33,22 @@ DUAL_SIGNAL_HELP: dict[str, str] = {
 }
 
 
+class CanaryLike(Protocol):
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def canary(self) -> str: ...
+
+    @property
+    def baseline(self) -> str: ...
+
+
 class PolicyLookup(Protocol):
     """What the metrics need of the policy configuration (implemented by ``PolicyConfig``)."""
+
+    @property
+    def canaries(self) -> Sequence[CanaryLike]: ...
 
     def for_workload(self, namespace: str, workload: str) -> PolicySettings: ...
 
@@ -126,6 +140,27 @@ class DualSignal:
                 out[(namespace, workload)] = self.decision(namespace, self.select(namespace, selector), now)
             except BadRequest:  # a name no selector can hold; never let one workload break the others
                 out[(namespace, workload)] = None
+        return out
+
+    def error_ratios(self) -> dict[tuple[str, str], float]:
+        """Failed / all requests of every workload over the closed window (cheap: per-series counters)."""
+        sums: dict[tuple[str, str], list[float]] = {}
+        for series in self.store.all_series():
+            acc = sums.setdefault((series.key.namespace, series.key.workload), [0.0, 0.0])
+            acc[0] += series.window_errors
+            acc[1] += series.window_count
+        return {key: errors / count for key, (errors, count) in sums.items() if count >= 0.5}
+
+    def canary_ratios(self, now: float) -> dict[tuple[str, str, str], float]:
+        """``latency_p95_baseline_ratio`` of every configured canary pair that has enough requests."""
+        out: dict[tuple[str, str, str], float] = {}
+        for pair in self._policy().canaries:
+            try:
+                selector = parse_selector(f"workload={pair.canary}")
+                value = self.value("latency_p95_baseline_ratio", pair.namespace, selector, now)
+            except (NoData, BadRequest):
+                continue
+            out[(pair.namespace, pair.canary, pair.baseline)] = value.value
         return out
 
     def value(self, metric: str, namespace: str, selector: Selector, now: float) -> Value:

@@ -216,8 +216,9 @@ class Service:
 
     def _publish_decisions(self, now: float) -> None:
         """Evaluate the policy for every workload once per slice: ``/metrics`` and a log line per change."""
-        decisions = self.provider.dual.all_decisions(now)
-        self.telemetry.record_decisions(decisions)
+        dual = self.provider.dual
+        decisions = dual.all_decisions(now)
+        self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_ratios(now))
         reasons = {key: (d.reason if d is not None else "none") for key, d in decisions.items()}
         for (namespace, workload), reason in reasons.items():
             before = self._reasons.get((namespace, workload))

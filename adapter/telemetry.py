@@ -158,6 +158,8 @@ class _DecisionCollector(Collector):
 
     def __init__(self) -> None:
         self.current: dict[tuple[str, str], Decision | None] = {}
+        self.error_ratios: dict[tuple[str, str], float] = {}
+        self.canaries: dict[tuple[str, str, str], float] = {}
         self.left_out = 0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -182,6 +184,20 @@ class _DecisionCollector(Collector):
         yield ratio
         yield latency
         yield cpu
+        errors = GaugeMetricFamily(
+            "latency_adapter_workload_error_ratio",
+            "Failed / all requests of the workload over the closed window (what error_ratio serves).",
+            labels=["namespace", "workload"])
+        for (namespace, workload), value in self.error_ratios.items():
+            errors.add_metric([namespace, workload], value)
+        yield errors
+        canary = GaugeMetricFamily(
+            "latency_adapter_canary_latency_ratio",
+            "A canary's window p95 / its baseline's (latency_p95_baseline_ratio; release gate <= 1.1).",
+            labels=["namespace", "canary", "baseline"])
+        for (namespace, name, baseline), value in self.canaries.items():
+            canary.add_metric([namespace, name, baseline], value)
+        yield canary
         left_out = GaugeMetricFamily(
             "latency_adapter_decision_series_left_out",
             f"Workloads beyond the {MAX_DECISION_SERIES} whose decisions are exported (still served).")
@@ -251,13 +267,19 @@ class Telemetry:
         """Export the secure listener's TLS and auth counters (called once secure mode is built)."""
         self.registry.register(_SecurityCollector(parts))
 
-    def record_decisions(self, decisions: dict[tuple[str, str], Decision | None]) -> None:
+    def record_decisions(self, decisions: dict[tuple[str, str], Decision | None],
+                         error_ratios: dict[tuple[str, str], float] | None = None,
+                         canaries: dict[tuple[str, str, str], float] | None = None) -> None:
         """Publish one evaluation of every workload: count each by reason, keep the first N for gauges."""
         for decision in decisions.values():
             self.decisions.labels(decision.reason if decision is not None else "none").inc()
         kept = dict(list(decisions.items())[:MAX_DECISION_SERIES])
         self._decisions.current = kept
         self._decisions.left_out = len(decisions) - len(kept)
+        if error_ratios is not None:
+            self._decisions.error_ratios = dict(list(error_ratios.items())[:MAX_DECISION_SERIES])
+        if canaries is not None:
+            self._decisions.canaries = dict(list(canaries.items())[:MAX_DECISION_SERIES])
 
     def sync_store_counters(self) -> None:
         """Move the store's plain-int drop counts into Prometheus counters (called by the ticker)."""

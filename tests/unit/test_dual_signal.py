@@ -218,3 +218,26 @@ def test_a_workload_name_no_selector_can_hold_does_not_stop_the_others(provider:
     decisions = provider.dual.all_decisions(T0 + 1)
     assert decisions[("shop", "not a label value!")] is None
     assert decisions[("shop", "checkout")] is not None
+
+
+def test_error_ratios_and_canary_ratios_on_metrics(provider: MetricsProvider, store: WindowStore,
+                                                   clock: FakeClock) -> None:
+    store.add_durations(SeriesKey("shop", "checkout", "cart"), np.full(300, 0.1), 6, [], T0)
+    store.add_durations(SeriesKey("shop", "checkout", "pay"), np.full(100, 0.1), 2, [], T0)
+    store.add_durations(SeriesKey("shop", "checkout-canary"), np.full(100, 0.13), 0, [], T0)
+    clock.now = T0 + 6  # the slice with the data has closed
+    store.advance(clock.now)
+    dual = provider.dual
+    assert dual.error_ratios() == {("shop", "checkout"): pytest.approx(0.02),
+                                   ("shop", "checkout-canary"): 0.0}
+    canaries = dual.canary_ratios(clock.now)
+    assert canaries == {("shop", "checkout-canary", "checkout"): pytest.approx(1.3, rel=0.02)}
+    telemetry = Telemetry(store)
+    telemetry.record_decisions(dual.all_decisions(clock.now), dual.error_ratios(), canaries)
+    text = generate_latest(telemetry.registry).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+    assert got[("latency_adapter_workload_error_ratio",
+                (("namespace", "shop"), ("workload", "checkout")))] == pytest.approx(0.02)
+    canary_labels = (("baseline", "checkout"), ("canary", "checkout-canary"), ("namespace", "shop"))
+    assert got[("latency_adapter_canary_latency_ratio", canary_labels)] == pytest.approx(1.3, rel=0.02)
