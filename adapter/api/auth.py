@@ -24,6 +24,9 @@ bounded by a timeout so a slow API server costs a request at most ``review_timeo
 
 Secrets: the token cache is keyed by the SHA-256 of the token, never the token itself, and no message or
 log line contains a token.
+
+Length: about 570 lines, one job (who is asking and may they): the union authenticator's three
+credential kinds and the authoriser share settings, messages and counters; the caches live apart.
 """
 
 from __future__ import annotations

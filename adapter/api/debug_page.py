@@ -42,6 +42,9 @@ The HTML page (served when the client prefers ``text/html``, or with ``?format=h
 the same values: a row per workload, its routes indented below it. It is self-contained (inline style,
 no script, no external asset) and every value that comes from data is escaped; a URL is only ever made
 from the validated template, with the trace id URL-quoted into it.
+
+Length: about 440 lines, a third of them the inline page style and legend; the JSON and HTML views
+are built from one row model so they cannot disagree.
 """
 
 from __future__ import annotations
