@@ -130,16 +130,21 @@ class DualSignal:
         return decide(latency, self.cpu_signal(namespace, selection, now), s, now)
 
     def all_decisions(self, now: float) -> dict[tuple[str, str], Decision | None]:
-        """The decision for every known workload (``workload=<name>``), for ``/metrics`` and the logs."""
-        workloads = {(s.key.namespace, s.key.workload) for s in self.store.all_series()}
-        workloads |= self.cpu.all_workloads()
+        """The decision for every known workload (as ``workload=<name>`` would get), for ``/metrics``.
+
+        Runs once per slice for every workload, on the event loop: the series are grouped by workload in
+        one pass instead of matching a selector against the namespace for each one.
+        """
+        groups: dict[tuple[str, str], list[Series]] = {}
+        for one in self.store.all_series():
+            groups.setdefault((one.key.namespace, one.key.workload), []).append(one)
+        for key in self.cpu.all_workloads():
+            groups.setdefault(key, [])
+        policy = self._policy()
         out: dict[tuple[str, str], Decision | None] = {}
-        for namespace, workload in sorted(workloads):
-            try:
-                selector = parse_selector(f"workload={workload}")
-                out[(namespace, workload)] = self.decision(namespace, self.select(namespace, selector), now)
-            except BadRequest:  # a name no selector can hold; never let one workload break the others
-                out[(namespace, workload)] = None
+        for (namespace, workload), members in sorted(groups.items()):
+            selection = Selection((workload,), members, policy.for_workload(namespace, workload))
+            out[(namespace, workload)] = self.decision(namespace, selection, now)
         return out
 
     def error_ratios(self) -> dict[tuple[str, str], float]:
