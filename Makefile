@@ -45,3 +45,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Regenerate dashboards/*.json from dashboards/generate.py (grafana-foundation-sdk, in the test extra).
+.PHONY: dashboards
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards.generate

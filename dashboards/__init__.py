@@ -1,0 +1,1 @@
+"""Grafana dashboards of the latency adapter, generated from code (``python -m dashboards.generate``)."""
