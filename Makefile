@@ -31,7 +31,7 @@ tools:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check adapter tests
+	$(BIN)/ruff check adapter tests dashboards manifests/alerts
 	$(BIN)/mypy --strict adapter
 
 test: $(STAMP) tools lint
