@@ -50,3 +50,9 @@ clean:
 .PHONY: dashboards
 dashboards: $(STAMP)
 	$(BIN)/python -m dashboards.generate
+
+# Regenerate docs/simulation.md and docs/simulation.png (the README's simulation section) from
+# `latency-adapter simulate`'s engine: every scenario, seed 1 (matplotlib comes with the test extra).
+.PHONY: simulation-report
+simulation-report: $(STAMP)
+	$(BIN)/python -m adapter.simulate.report --out docs/simulation.md --plot docs/simulation.png

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .config import LOG_LEVELS, load_settings
 from .errors import ConfigError
+from .simulate import SCENARIO_NAMES
 from .traces import check_url_template
 
 log = logging.getLogger("adapter.cli")
@@ -112,6 +113,28 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and exit (0 valid, 2 invalid)")
     check.add_argument("file", type=Path)
+
+    sim = sub.add_parser(
+        "simulate", help="what-if: replay traffic through an HPA with CPU-only, latency-only and dual-signal",
+        description="Simulate the Kubernetes HPA on a traffic scenario or file with three policies (CPU "
+                    "only, latency_p95_seconds only, dual_signal_ratio), the adapter's own window and policy "
+                    "computing the signals. Pure and deterministic: simulated time, random numbers from "
+                    "--seed.")
+    source = sim.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenario", choices=SCENARIO_NAMES, help="a built-in traffic scenario")
+    source.add_argument("--traffic", type=Path, metavar="FILE",
+                        help="CSV with the header timestamp,rps[,extra_latency_seconds]; seconds from the "
+                             "start, ascending; linear between rows")
+    sim.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    sim.add_argument("--config", type=Path, help="the adapter's config file (policy targets, store window); "
+                                                 "an optional 'simulate' section sets the HPA behavior")
+    sim.add_argument("--slo", type=float, default=0.42, metavar="SECONDS",
+                     help="SLO on the p95, in seconds (default 0.42)")
+    sim.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    sim.add_argument("--plot", type=Path, metavar="OUT.png",
+                     help="write load, p95 and replicas per policy as a PNG (needs matplotlib)")
+    sim.add_argument("--duration", type=float, metavar="SECONDS",
+                     help="simulate only the first SECONDS of the traffic (quick looks)")
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -209,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "simulate":
+        from .simulate.command import run as simulate
+
+        return simulate(args)
     print(__version__)
     return 0
 
