@@ -13,6 +13,8 @@ otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_name
 cpu:    {source: auto, poll_seconds: 15}
 traces: {url_template: "https://tempo.example/explore?traceId={trace_id}", exemplar_info: true,
          exemplar_info_interval_seconds: 60, exemplar_info_series_per_hour: 5000}
+sources:
+  prometheus: {url: "http://prometheus.monitoring:9090", refresh_seconds: 15}   # adapter.sources.prometheus
 log_level: info
 defaults: {latency_target_seconds: 0.25, cpu_target_utilization: 0.6, min_samples: 50,
            cpu_floor: 0.3, stale_after_seconds: 60, quantile: p95}
@@ -45,6 +47,7 @@ from .policy_config import POLICY_SECTIONS, PolicyConfig, policy_from_mapping
 from .sources.kubernetes import CPU_SOURCES, CpuSourceSettings
 from .sources.otlp import ReceiverSettings
 from .sources.otlp_ingest import IngestSettings
+from .sources.prometheus_config import PrometheusSettings, prometheus_settings_from_mapping
 from .store import StoreSettings
 from .traces import TraceSettings, check_url_template
 
@@ -75,6 +78,8 @@ class Settings:
     kubeconfig: Path | None = None
     #: Per-workload targets and canary pairs (``defaults``, ``workloads``, ``canaries``).
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: ``sources.prometheus`` (``None``: not configured, no refresh loop, no workload may use it).
+    prometheus: PrometheusSettings | None = None
     #: The file these settings were read from (``None``: built-in defaults). Not part of equality:
     #: where settings came from does not change what they are.
     config_path: Path | None = field(default=None, compare=False)
@@ -158,6 +163,9 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
     for section, body in doc.items():
         if section in POLICY_SECTIONS:
             continue  # checked together below
+        if section == "sources":
+            updates["prometheus"] = _sources(body)
+            continue
         if section == "log_level":
             level = _check_type("log_level", body, str).lower()
             if level not in LOG_LEVELS:
@@ -167,7 +175,7 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
         targets = _SECTIONS.get(str(section))
         if targets is None:
             raise ConfigError(str(section), body, "is not a known section; known: "
-                              + ", ".join(sorted([*_SECTIONS, "log_level", *POLICY_SECTIONS])))
+                              + ", ".join(sorted([*_SECTIONS, "log_level", "sources", *POLICY_SECTIONS])))
         if not isinstance(body, dict):
             raise ConfigError(str(section), body, "must be a mapping")
         known: dict[str, tuple[str, type[Any]]] = {}
@@ -196,8 +204,37 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
     if receiver.max_decompressed_bytes < receiver.max_body_bytes:
         raise ConfigError("otlp.max_decompressed_bytes", receiver.max_decompressed_bytes,
                           "must be at least otlp.max_body_bytes")
-    updates["policy"] = policy_from_mapping(doc, base.policy)
+    updates["policy"] = policy = policy_from_mapping(doc, base.policy)
+    if updates.get("prometheus", base.prometheus) is None:
+        _check_no_prometheus(policy)
     return dataclasses.replace(base, **updates)
+
+
+#: Sources configured under ``sources:``.
+SOURCE_SECTIONS = ("prometheus",)
+
+
+def _sources(body: Any) -> PrometheusSettings | None:
+    if not isinstance(body, dict):
+        raise ConfigError("sources", body, "must be a mapping (e.g. sources: {prometheus: {url: ...}})")
+    for key, value in body.items():
+        if key not in SOURCE_SECTIONS:
+            raise ConfigError(f"sources.{key}", value,
+                              "is not a known source; known: " + ", ".join(SOURCE_SECTIONS))
+    if "prometheus" not in body:
+        return None
+    return prometheus_settings_from_mapping("sources.prometheus", body["prometheus"])
+
+
+def _check_no_prometheus(policy: PolicyConfig) -> None:
+    """A workload may name ``source: prometheus`` only when ``sources.prometheus`` is configured."""
+    if "prometheus" in policy.default_source:
+        raise ConfigError("defaults.source", list(policy.default_source),
+                          "names prometheus, but sources.prometheus is not configured")
+    for i, override in enumerate(policy.workloads):
+        if override.source is not None and "prometheus" in override.source:
+            raise ConfigError(f"workloads[{i}].source", list(override.source),
+                              "names prometheus, but sources.prometheus is not configured")
 
 
 def settings_from_bytes(data: bytes, path: Path, base: Settings | None = None) -> Settings:

@@ -55,6 +55,19 @@ class PolicyLookup(Protocol):
     def baseline_of(self, namespace: str, canary: str) -> str | None: ...
 
 
+class ExternalLatency(Protocol):
+    """A latency source besides the store (``adapter.sources.prometheus.PrometheusCache``)."""
+
+    def workloads(self, namespace: str) -> set[str]: ...
+
+    def all_workloads(self) -> set[tuple[str, str]]: ...
+
+    def latency(self, namespace: str, workload: str, quantile: float, now: float,
+                has_otlp: bool) -> tuple[bool, LatencySignal | None]:
+        """``(False, None)``: the store answers; else ``(True, signal or None)``."""
+        ...
+
+
 @dataclass(frozen=True)
 class Selection:
     """The workloads and latency series a selector means in one namespace, and their one policy."""
@@ -62,6 +75,7 @@ class Selection:
     workloads: tuple[str, ...]
     series: list[Series]
     settings: PolicySettings
+    namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,15 +87,19 @@ class Value:
 class DualSignal:
     """Computes the policy-based metrics for one namespace and selector at a given time."""
 
-    def __init__(self, store: WindowStore, cpu: CpuSignals, policy: Callable[[], PolicyLookup]) -> None:
+    def __init__(self, store: WindowStore, cpu: CpuSignals, policy: Callable[[], PolicyLookup],
+                 external: ExternalLatency | None = None) -> None:
         self.store = store
         self.cpu = cpu
         self._policy = policy
+        self.external = external
 
     def select(self, namespace: str, selector: Selector) -> Selection:
         series = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
         names = {s.key.workload for s in series}
         names |= {w for w in self.cpu.workloads(namespace) if selector.matches({"workload": w})}
+        if self.external is not None:
+            names |= {w for w in self.external.workloads(namespace) if selector.matches({"workload": w})}
         workloads = tuple(sorted(names))
         policy = self._policy()
         settings = {w: policy.for_workload(namespace, w) for w in workloads}
@@ -92,11 +110,16 @@ class DualSignal:
                 f"{quote(namespace)}, which have different policy settings; select one workload "
                 "(workload=<name>)")
         one = distinct.pop() if distinct else policy.for_workload(namespace, "")
-        return Selection(workloads, series, one)
+        return Selection(workloads, series, one, namespace)
 
     def latency(self, selection: Selection, quantile: float,
                 now: float) -> tuple[LatencySignal | None, WindowView | None]:
         view = self.store.view(selection.series, now=now)
+        if self.external is not None and len(selection.workloads) == 1 and selection.namespace:
+            handled, signal = self.external.latency(selection.namespace, selection.workloads[0], quantile,
+                                                    now, view is not None)
+            if handled:
+                return signal, None
         if view is None:
             return None, None
         value = view.sketch.quantile(quantile)
@@ -140,10 +163,12 @@ class DualSignal:
             groups.setdefault((one.key.namespace, one.key.workload), []).append(one)
         for key in self.cpu.all_workloads():
             groups.setdefault(key, [])
+        for key in self.external.all_workloads() if self.external is not None else ():
+            groups.setdefault(key, [])
         policy = self._policy()
         out: dict[tuple[str, str], Decision | None] = {}
         for (namespace, workload), members in sorted(groups.items()):
-            selection = Selection((workload,), members, policy.for_workload(namespace, workload))
+            selection = Selection((workload,), members, policy.for_workload(namespace, workload), namespace)
             out[(namespace, workload)] = self.decision(namespace, selection, now)
         return out
 
@@ -222,7 +247,7 @@ class DualSignal:
                        and selector.matches({**x.key.labels(), "workload": canary})]
         s = selection.settings
         mine, _ = self.latency(selection, 0.95, now)
-        theirs, _ = self.latency(Selection((baseline,), base_series, s), 0.95, now)
+        theirs, _ = self.latency(Selection((baseline,), base_series, s, namespace), 0.95, now)
         for name, signal in ((canary, mine), (baseline, theirs)):
             if signal is None or signal.samples < s.min_samples or signal.seconds <= 0:
                 have = 0 if signal is None else signal.samples

@@ -140,6 +140,26 @@ assert set(POLICY_KEYS) == {f.name for f in dataclasses.fields(PolicySettings)},
     "every PolicySettings field needs a checker in POLICY_KEYS"
 
 _WORKLOAD_KEYS = ("namespace", "workload")
+
+#: Where a workload's latency, rate and error values come from (``source`` key; a list: the first with
+#: fresh data answers). Not a ``PolicySettings`` field: it picks the inputs, the policy is the same.
+SOURCES = ("otlp", "prometheus")
+DEFAULT_SOURCE: tuple[str, ...] = ("otlp",)
+_SOURCE_TEXT = ("must be one of " + ", ".join(SOURCES)
+                + " or a non-empty list of them (first with fresh data answers)")
+
+
+def _source(path: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(path, value, _SOURCE_TEXT)
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]" if isinstance(value, list) else path
+        if not isinstance(item, str) or item not in SOURCES:
+            raise ConfigError(where, item, _SOURCE_TEXT)
+    if len(set(items)) != len(items):
+        raise ConfigError(path, value, "must not name a source twice")
+    return tuple(items)
 _CANARY_KEYS = ("namespace", "canary", "baseline")
 
 
@@ -155,6 +175,8 @@ class WorkloadOverride:
     namespace: str
     workload: str
     changes: tuple[tuple[str, Any], ...] = ()
+    #: The ``source`` key of the entry, when it has one.
+    source: tuple[str, ...] | None = None
     _namespace_re: re.Pattern[str] = field(init=False, repr=False, compare=False, hash=False)
     _workload_re: re.Pattern[str] = field(init=False, repr=False, compare=False, hash=False)
 
@@ -188,6 +210,8 @@ class PolicyConfig:
     defaults: PolicySettings = field(default_factory=PolicySettings)
     workloads: tuple[WorkloadOverride, ...] = ()
     canaries: tuple[CanaryPair, ...] = ()
+    #: ``defaults.source``.
+    default_source: tuple[str, ...] = DEFAULT_SOURCE
     _memo: OrderedDict[tuple[str, str], PolicySettings] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False, hash=False)
     _canary_index: dict[tuple[str, str], CanaryPair] = field(
@@ -215,6 +239,14 @@ class PolicyConfig:
             memo.popitem(last=False)
         memo[key] = result
         return result
+
+    def source_of(self, namespace: str, workload: str) -> tuple[str, ...]:
+        """The ``source`` list of one workload: ``defaults.source``, then matching entries in file order."""
+        source = self.default_source
+        for override in self.workloads:
+            if override.source is not None and override.matches(namespace, workload):
+                source = override.source
+        return source
 
     def canary_of(self, namespace: str, canary: str) -> CanaryPair | None:
         """The pair whose canary is ``canary`` in ``namespace`` (exact names), or ``None``."""
@@ -296,11 +328,12 @@ def _parse_workloads(body: Any) -> tuple[WorkloadOverride, ...]:
     for i, raw in enumerate(_list("workloads", body)):
         path = f"workloads[{i}]"
         entry = _mapping(path, raw)
-        changes = _policy_keys(path, entry, _WORKLOAD_KEYS)
+        changes = _policy_keys(path, entry, (*_WORKLOAD_KEYS, "source"))
+        source = _source(f"{path}.source", entry["source"]) if "source" in entry else None
         namespace = _glob(f"{path}.namespace", entry.get("namespace", "*"))
         workload = _glob(f"{path}.workload",
                          _required(path, entry, "workload", "a glob of workload names, e.g. 'checkout*'"))
-        out.append(WorkloadOverride(namespace, workload, tuple(changes.items())))
+        out.append(WorkloadOverride(namespace, workload, tuple(changes.items()), source))
     return tuple(out)
 
 
@@ -338,14 +371,19 @@ def policy_from_mapping(doc: Mapping[Any, Any], base: PolicyConfig | None = None
     """
     base = base or PolicyConfig()
     defaults = base.defaults
+    default_source = base.default_source
     if "defaults" in doc:
-        changes = _policy_keys("defaults", _mapping("defaults", doc["defaults"]), ())
+        body = _mapping("defaults", doc["defaults"])
+        changes = _policy_keys("defaults", body, ("source",))
         defaults = dataclasses.replace(defaults, **changes)
+        if "source" in body:
+            default_source = _source("defaults.source", body["source"])
     workloads = _parse_workloads(doc["workloads"]) if "workloads" in doc else base.workloads
     canaries = _parse_canaries(doc["canaries"]) if "canaries" in doc else base.canaries
-    if (defaults, workloads, canaries) == (base.defaults, base.workloads, base.canaries):
+    if (defaults, workloads, canaries, default_source) == (
+            base.defaults, base.workloads, base.canaries, base.default_source):
         return base
-    return PolicyConfig(defaults, workloads, canaries)
+    return PolicyConfig(defaults, workloads, canaries, default_source)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cpu import CpuSignals
 from .dual_signal import DUAL_SIGNAL_HELP, DualSignal, PolicyLookup
@@ -23,7 +24,10 @@ from .errors import BadRequest, MetricNotFound, NoData, quote
 from .model import Reading
 from .policy_config import PolicyConfig
 from .selector import Selector
-from .store import WindowStore, WindowView
+from .store import Series, WindowStore, WindowView
+
+if TYPE_CHECKING:
+    from .sources.prometheus import PrometheusCache
 
 #: Latency quantile metrics and the quantile each serves.
 LATENCY_QUANTILES: dict[str, float] = {
@@ -79,12 +83,15 @@ class MetricsProvider:
     """Computes and caches :class:`Reading` values for the external metrics API."""
 
     def __init__(self, store: WindowStore, clock: Callable[[], float], cpu: CpuSignals | None = None,
-                 policy: Callable[[], PolicyLookup] | None = None) -> None:
+                 policy: Callable[[], PolicyLookup] | None = None,
+                 prometheus: PrometheusCache | None = None) -> None:
         self.store = store
         self._clock = clock
         self.cpu = cpu if cpu is not None else CpuSignals()
+        #: Cached PromQL answers for workloads whose ``source`` includes prometheus (asked first).
+        self.prometheus = prometheus
         default = PolicyConfig()
-        self.dual = DualSignal(store, self.cpu, policy or (lambda: default))
+        self.dual = DualSignal(store, self.cpu, policy or (lambda: default), prometheus)
         self._cache: dict[tuple[str, str, str], _Cached] = {}
         self.computed = 0
 
@@ -134,6 +141,10 @@ class MetricsProvider:
             return _Cached(tick, Reading(metric, served.value, at, self.store.settings.window_seconds,
                                          served.labels), None)
         matched = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        if self.prometheus is not None:
+            routed = self._from_prometheus(namespace, metric, selector, matched, tick, at)
+            if routed is not None:
+                return routed
         view = self.store.view(matched, now=at)
         settings = self.store.settings
         if view is None:
@@ -155,3 +166,31 @@ class MetricsProvider:
             labels=labels,
         )
         return _Cached(tick, reading, None)
+
+    def _from_prometheus(self, namespace: str, metric: str, selector: Selector, matched: list[Series],
+                         tick: int, at: float) -> _Cached | None:
+        """The answer from the Prometheus cache when the selector means one workload configured for it
+        and its ``source`` list picks Prometheus (``None``: the store answers as usual)."""
+        from .sources.prometheus import SERVED
+
+        assert self.prometheus is not None
+        names = sorted(w for w in self.prometheus.workloads(namespace) if selector.matches({"workload": w}))
+        if len(names) != 1 or any(s.key.workload != names[0] for s in matched):
+            return None  # none, or a question the per-workload PromQL answers cannot add up
+        workload = names[0]
+        has_otlp = self.store.view(matched, now=at) is not None
+        where, sample = self.prometheus.route(namespace, workload, SERVED[metric], at, has_otlp)
+        if where == "store":
+            return None
+        if sample is None:
+            return _Cached(tick, None, NoData(
+                f"no fresh Prometheus value for metric {metric!r} of workload {workload!r} in namespace "
+                f"{namespace!r} (source: prometheus; missing data, or the backend failed for longer "
+                "than stale_after_seconds)"))
+        labels = {"workload": workload}
+        traced = sample if metric in LATENCY_QUANTILES else self.prometheus.fresh(
+            namespace, workload, SERVED["latency_p95_seconds"], at)
+        if traced is not None and traced.trace_id:
+            labels["trace_id"] = traced.trace_id
+        return _Cached(tick, Reading(metric, sample.value, sample.observed_at,
+                                     self.prometheus.window_seconds, labels), None)

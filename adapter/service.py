@@ -35,6 +35,7 @@ from .self_tracing import SelfTracing, install_log_filter
 from .sources.kubernetes import KubernetesCpuSource
 from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
 from .sources.otlp_ingest import OtlpIngestor
+from .sources.prometheus import PrometheusCache, PrometheusSource
 from .store import WindowStore
 from .telemetry import Telemetry
 
@@ -85,7 +86,14 @@ class Service:
         self.policy_watcher: PolicyWatcher | None = None
         self.cpu_source: KubernetesCpuSource | None = None
         self._kube: KubernetesClusterAPI | None = None
-        self.provider = MetricsProvider(self.store, clock, self.cpu, lambda: self.policy)
+        #: The Prometheus source (config ``sources.prometheus``); None when not configured: no loop.
+        self.prometheus: PrometheusSource | None = None
+        if settings.prometheus is not None:
+            cache = PrometheusCache(lambda: self.policy, settings.prometheus.window_seconds)
+            self.prometheus = PrometheusSource(settings.prometheus, cache, self.cpu, lambda: self.policy,
+                                               clock)
+        self.provider = MetricsProvider(self.store, clock, self.cpu, lambda: self.policy,
+                                        self.prometheus.cache if self.prometheus is not None else None)
         self._reasons: dict[tuple[str, str], str] = {}
         self._runners: list[web.AppRunner] = []
         self.secure: SecureParts | None = None
@@ -99,6 +107,12 @@ class Service:
     async def start(self) -> BoundPorts:
         """Bind every listener and start the background tasks; raises ConfigError for bad security flags."""
         s = self.settings
+        if self.prometheus is not None:  # a template that does not parse fails the start (exit 2)
+            try:
+                await self.prometheus.check_templates()
+            except ConfigError:
+                await self.prometheus.client.close()
+                raise
         guard = None
         if s.insecure_no_auth:
             tls = build_tls(s.security, s.cert_dir)
@@ -138,6 +152,9 @@ class Service:
             self._tasks.append(asyncio.create_task(self.policy_watcher.watch(self._apply_policy),
                                                    name="policy-watch"))
         self._start_cpu_source()
+        if self.prometheus is not None:
+            self.telemetry.watch_prometheus(self.prometheus)
+            self._tasks.append(asyncio.create_task(self.prometheus.run(), name="prometheus-refresh"))
         if s.insecure_no_auth:
             self._tasks.append(asyncio.create_task(self._insecure_reminder(), name="insecure-reminder"))
         self._ready = True

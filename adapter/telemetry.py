@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .api.security import SecureParts
     from .policy_config import PolicyWatcher
     from .sources.kubernetes import KubernetesCpuSource
+    from .sources.prometheus import PrometheusSource
 
 API_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -262,6 +263,12 @@ class Telemetry:
     def watch_cpu_source(self, source: KubernetesCpuSource) -> None:
         """Export the Kubernetes CPU poller's counters (called when the poller runs)."""
         self.registry.register(_CpuSourceCollector(source))
+
+    def watch_prometheus(self, source: PrometheusSource) -> None:
+        """Export the Prometheus source's query, error (by kind) and last-success metrics."""
+        from .sources.prometheus import PrometheusCollector
+
+        self.registry.register(PrometheusCollector(source))
 
     def watch_security(self, parts: SecureParts) -> None:
         """Export the secure listener's TLS and auth counters (called once secure mode is built)."""

@@ -592,3 +592,51 @@ async def test_watch_hands_new_policies_to_apply_and_survives_errors(
             await task
     assert [p.for_workload("shop", "checkout").latency_target_seconds for p in applied] == [0.5, 0.4]
     assert events(caplog, "policy_reload_error")
+
+
+# --- the ``source`` key ----------------------------------------------------------------------------------
+
+PROMETHEUS = "sources: {prometheus: {url: 'http://prometheus:9090'}}\n"
+
+
+def test_source_defaults_to_otlp_and_follows_the_override_rule() -> None:
+    assert PolicyConfig().source_of("shop", "checkout") == ("otlp",)
+    policy = parse(PROMETHEUS + """
+defaults: {source: prometheus}
+workloads:
+  - {namespace: shop, workload: "*", source: otlp}
+  - {namespace: shop, workload: cart, source: [otlp, prometheus]}
+  - {namespace: shop, workload: cart, latency_target_seconds: 0.4}
+""")
+    assert policy.source_of("other", "checkout") == ("prometheus",)
+    assert policy.source_of("shop", "checkout") == ("otlp",)
+    assert policy.source_of("shop", "cart") == ("otlp", "prometheus")  # an entry without source keeps it
+    assert policy.for_workload("shop", "cart") == PolicySettings(latency_target_seconds=0.4)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("defaults: {source: victoria}", "defaults.source"),
+    ("defaults: {source: []}", "defaults.source"),
+    ("workloads: [{workload: a, source: [otlp, graphite]}]", "workloads[0].source[1]"),
+    ("workloads: [{workload: a, source: [otlp, otlp]}]", "workloads[0].source"),
+    ("workloads: [{workload: a, source: 3}]", "workloads[0].source"),
+    ("workloads: [{workload: a}, {workload: b, source: {a: 1}}]", "workloads[1].source"),
+])
+def test_bad_source_names_the_key_path(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(PROMETHEUS + text)
+    assert info.value.key == key
+    assert "otlp" in str(info.value)
+
+
+def test_source_prometheus_needs_the_sources_section() -> None:
+    with pytest.raises(ConfigError, match=r"sources\.prometheus is not configured") as info:
+        parse("workloads: [{workload: a, source: prometheus}]")
+    assert info.value.key == "workloads[0].source"
+
+
+def test_source_changes_the_policy_and_survives_policy_from_mapping() -> None:
+    base = policy_from_mapping({"defaults": {"source": ["prometheus", "otlp"]}})
+    assert base.default_source == ("prometheus", "otlp")
+    assert base != PolicyConfig()
+    assert policy_from_mapping({"canaries": []}, base).default_source == ("prometheus", "otlp")

@@ -1,0 +1,205 @@
+"""Prometheus as a source, end to end: an exporter, a real Prometheus scraping it, a real adapter asking it.
+
+The exporter (prometheus-client, in this process) serves a classic histogram
+``http_server_request_duration_seconds{namespace,workload,http_response_status_code}`` with an exemplar on
+every bucket (OpenMetrics, which Prometheus negotiates on its own), plus cAdvisor's
+``container_cpu_usage_seconds_total`` and kube-state-metrics' ``kube_pod_container_resource_requests``.
+Its counters grow in whole batches of a fixed shape (ten batches a second), so every bucket grows in the
+same proportion and the p95 PromQL computes is the same whichever samples a window holds; the CPU counters
+grow linearly, so the utilisation is the same too. The values the adapter serves are compared with what
+PromQL itself answers for the same query at the time the adapter's answer carries.
+
+Then Prometheus is stopped: the adapter keeps serving the last value (fail static) until the workload's
+``stale_after_seconds``, then answers 404, and counts the failed queries by kind; Prometheus starts again
+on the same port and data directory, and values come back without restarting the adapter.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+
+from adapter.quantity import parse_quantity
+from adapter.sources.prometheus_config import PrometheusSettings, builtin_queries, expand
+from tests.integration.conftest import AdapterFactory, AdapterProcess
+from tests.integration.process import wait_for
+
+if TYPE_CHECKING:
+    from tests.prometheus import PrometheusFactory
+
+pytest_plugins = ["tests.prometheus"]
+
+NS, WORKLOAD = "shop", "checkout"
+SELECTOR = f"workload={WORKLOAD}"
+METRIC = "http_server_request_duration_seconds"
+#: Short, so that the window is full soon: rate() over a window the data only partly covers is lower.
+WINDOW = 10
+STALE_AFTER = 6.0
+BOUNDS = ("0.05", "0.1", "0.25", "0.5", "1.0", "+Inf")
+#: Requests per batch in each bucket (not cumulative), by status code; ten batches a second.
+BATCH = {"200": (50, 30, 12, 5, 2, 1), "500": (0, 0, 0, 1, 1, 0)}
+BATCHES_PER_SECOND = 10
+#: The exemplar of each bucket: a trace id and a latency inside the bucket.
+EXEMPLARS = [(f"{0xAB00 + i:032x}", value) for i, value in enumerate((0.03, 0.08, 0.2, 0.41, 0.9, 2.5))]
+#: CPU usage (cores) of each pod and each pod's CPU request: utilisation 0.8.
+PODS = {"checkout-7d9f-a": 0.3, "checkout-7d9f-b": 0.5}
+REQUEST_CORES = 0.5
+
+
+class Exporter(Collector):
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        elapsed = time.time() - self.started
+        batches = int(elapsed * BATCHES_PER_SECOND)
+        hist = HistogramMetricFamily(METRIC, "Request latency.",
+                                     labels=["namespace", "workload", "http_response_status_code"])
+        for code, shape in BATCH.items():
+            cumulative, buckets = 0, []
+            for bound, n, (trace_id, value) in zip(BOUNDS, shape, EXEMPLARS, strict=True):
+                cumulative += n * batches
+                exemplar = Exemplar({"trace_id": trace_id}, value) if code == "200" and batches else None
+                count = float(cumulative)
+                buckets.append((bound, count, exemplar) if exemplar else (bound, count))
+            hist.add_metric([NS, WORKLOAD, code], buckets, sum_value=0.1 * cumulative)  # type: ignore[arg-type]
+        yield hist
+        usage = CounterMetricFamily("container_cpu_usage_seconds_total", "CPU seconds used.",
+                                    labels=["namespace", "pod", "container"])
+        requests = GaugeMetricFamily("kube_pod_container_resource_requests", "Requested resources.",
+                                     labels=["namespace", "pod", "container", "resource", "unit"])
+        for pod, cores in PODS.items():
+            usage.add_metric([NS, pod, "app"], cores * elapsed)
+            usage.add_metric([NS, pod, ""], 10 * cores * elapsed)  # the pod cgroup: left out by container!=""
+            requests.add_metric([NS, pod, "app", "cpu", "core"], REQUEST_CORES)
+        yield usage
+        yield requests
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def exporter() -> Iterator[int]:
+    registry = CollectorRegistry()
+    registry.register(Exporter())
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield port
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def number(item: dict[str, Any]) -> float:
+    return float(parse_quantity(item["value"]))
+
+
+def timestamp(item: dict[str, Any]) -> float:
+    return datetime.fromisoformat(item["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def test_prometheus_source_end_to_end(exporter: int, prometheus_factory: PrometheusFactory,
+                                      adapter_factory: AdapterFactory) -> None:
+    prom = prometheus_factory([f"127.0.0.1:{exporter}"], job="app")
+    prom.wait_scraped()
+
+    def window_full() -> bool:
+        promql = f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])'
+        counts = prom.query(promql)
+        return len(counts) == len(PODS) and all(float(c["value"][1]) >= WINDOW for c in counts)
+
+    wait_for(window_full, WINDOW + 20, "a full window of scrapes", interval=0.5)
+    config = {
+        "store": {"window_seconds": 30, "slice_seconds": 1},
+        "sources": {"prometheus": {"url": prom.url(""), "refresh_seconds": 1, "timeout_seconds": 1,
+                                   "window_seconds": WINDOW}},
+        "defaults": {"stale_after_seconds": STALE_AFTER, "min_samples": 10},
+        "workloads": [{"namespace": NS, "workload": WORKLOAD, "source": "prometheus"}],
+    }
+    adapter: AdapterProcess = adapter_factory("prometheus-source", config)
+    queries = builtin_queries(PrometheusSettings(url=prom.url(""), window_seconds=WINDOW))
+
+    # p95: the adapter's answer is PromQL's own for the same query at the time the answer carries.
+    item = adapter.wait_value(NS, "latency_p95_seconds", SELECTOR, timeout=30)["items"][0]
+    at = timestamp(item)
+    promql = expand(queries["latency_quantile"], NS, WORKLOAD, WINDOW, 0.95)
+    expected = float(prom.query(promql, at)[0]["value"][1])
+    assert number(item) == pytest.approx(expected, rel=0.01), (item, expected)
+    assert expected == pytest.approx(0.25 + 0.25 * (95 * 102 / 100 - 92) / 6, rel=0.02)
+    assert item["metricLabels"]["trace_id"] in {t for t, _ in EXEMPLARS}, item
+    assert item["metricLabels"]["trace_id"] == EXEMPLARS[3][0]  # 0.41 s: the exemplar nearest the p95
+
+    # CPU through the registry and the policy, and the ratio built on both signals.
+    cpu = adapter.wait_value(NS, "cpu_utilization", SELECTOR, timeout=15)["items"][0]
+    cpu_expected = float(prom.query(expand(queries["cpu_utilization"], NS, WORKLOAD, WINDOW))[0]["value"][1])
+    assert number(cpu) == pytest.approx(cpu_expected, rel=0.01)
+    assert cpu_expected == pytest.approx(0.8, rel=0.01)
+    rate = adapter.wait_value(NS, "request_rate", SELECTOR)["items"][0]
+    assert number(rate) == pytest.approx(102 * BATCHES_PER_SECOND, rel=0.05)
+    errors = adapter.wait_value(NS, "error_ratio", SELECTOR)["items"][0]
+    assert number(errors) == pytest.approx(2 / 102, rel=0.02)
+    dual = adapter.wait_value(NS, "dual_signal_ratio", SELECTOR)["items"][0]
+    assert dual["metricLabels"]["reason"] == "latency", dual
+    assert number(dual) == pytest.approx(expected / 0.25, rel=0.01)
+
+    # The backend goes away: the last value is served until stale_after_seconds, then 404.
+    prom.stop()
+    stopped = time.monotonic()
+    assert adapter.value(NS, "latency_p95_seconds", SELECTOR).status == 200
+
+    def missing() -> bool:
+        return adapter.value(NS, "latency_p95_seconds", SELECTOR).status == 404
+
+    wait_for(missing, STALE_AFTER + 10, "the p95 to go missing after stale_after_seconds", interval=0.2)
+    assert time.monotonic() - stopped >= STALE_AFTER - 2.5
+    assert adapter.counter("latency_adapter_prometheus_query_errors_total", kind="connection") > 0
+    last_success = adapter.counter("latency_adapter_prometheus_last_success_timestamp_seconds")
+    assert 0 < last_success < time.time() - 1
+
+    # It comes back on the same port and data directory: values return, the adapter was not restarted.
+    prom.restart()
+    pid = adapter.proc.pid if adapter.proc is not None else None
+    again = adapter.wait_value(NS, "latency_p95_seconds", SELECTOR, timeout=30)["items"][0]
+    assert number(again) == pytest.approx(expected, rel=0.01)
+    assert adapter.proc is not None and adapter.proc.pid == pid and adapter.alive()
+
+
+def test_template_that_does_not_parse_fails_the_start(exporter: int, prometheus_factory: PrometheusFactory,
+                                                      tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    prom = prometheus_factory([f"127.0.0.1:{exporter}"], job="app")
+    broken = 'sum(rate(foo{workload="$workload"}[$window])'  # one parenthesis short
+    config = {"sources": {"prometheus": {"url": prom.url(""), "queries": {"request_rate": broken}}},
+              "workloads": [{"namespace": NS, "workload": WORKLOAD, "source": "prometheus"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    binary = Path(sys.executable).with_name("latency-adapter")
+    done = subprocess.run([str(binary), "serve", "--bind", "127.0.0.1", "--insecure-no-auth",
+                           "--config", str(path), "--api-port", "0", "--otlp-port", "0",
+                           "--telemetry-port", "0",
+                           "--cert-dir", str(tmp_path / "certs")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "sources.prometheus.queries.request_rate" in done.stderr
+    assert "does not parse" in done.stderr
+
+
+
