@@ -55,4 +55,4 @@ dashboards: $(STAMP)
 # `latency-adapter simulate`'s engine: every scenario, seed 1 (matplotlib comes with the test extra).
 .PHONY: simulation-report
 simulation-report: $(STAMP)
-	$(BIN)/python -m adapter.simulate.report --out docs/simulation.md --plot docs/simulation.png
+	$(BIN)/python -m adapter.simulate.report --out docs/simulation.md --plot docs/simulation.png --readme README.md

@@ -181,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")
     parser.add_argument("--plot", type=Path, help="PNG to write (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--readme", type=Path,
+                        help="also replace the block between the simulation markers in this file")
     args = parser.parse_args(argv)
     results = run_all(args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
     plot_ref = None
@@ -194,7 +196,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --seed {args.seed}"
     args.out.write_text(markdown(results, plot_ref, command), encoding="utf-8")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""), file=sys.stderr)
+    if args.readme is not None:
+        readme_plot = None
+        if args.plot is not None:
+            readme_plot = Path(os.path.relpath(args.plot.resolve(), args.readme.resolve().parent)).as_posix()
+        text = args.readme.read_text(encoding="utf-8")
+        args.readme.write_text(embed(text, markdown(results, readme_plot, command)), encoding="utf-8")
+        print(f"updated {args.readme}", file=sys.stderr)
     return 0
+
+
+BEGIN, END = "<!-- simulation:begin -->", "<!-- simulation:end -->"
+
+
+def embed(document: str, section: str) -> str:
+    """``document`` with the text between :data:`BEGIN` and :data:`END` replaced by ``section``."""
+    start, end = document.find(BEGIN), document.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"the markers {BEGIN} and {END} are missing")
+    return document[:start + len(BEGIN)] + "\n" + section.rstrip("\n") + "\n" + document[end:]
 
 
 if __name__ == "__main__":
