@@ -394,7 +394,8 @@ def policy_from_mapping(doc: Mapping[Any, Any], base: PolicyConfig | None = None
 def _restart_view(settings: Settings) -> dict[str, Any]:
     """What a reload cannot change while running, by config file section."""
     return {"store": settings.store, "otlp": (settings.ingest, settings.receiver),
-            "log_level": settings.log_level}
+            "log_level": settings.log_level, "cpu": settings.cpu, "traces": settings.traces,
+            "sources": settings.prometheus}
 
 
 class PolicyWatcher:
@@ -403,7 +404,7 @@ class PolicyWatcher:
     The whole file goes through the same validation as at start (:func:`adapter.config.settings_from_bytes`),
     so a reload is refused for a bad key in any section. A refused reload keeps the running policy, is
     logged once per bad content and counted in :attr:`reload_failures`. Sections other than the policy
-    (``store``, ``otlp``, ``log_level``) are never applied live: a change there is logged once as needing
+    (``store``, ``otlp``, ``cpu``, ``traces``, ``sources``, ``log_level``) are never applied live: a change there is logged once as needing
     a restart and sets :attr:`restart_required`.
 
     The file is read once when the watcher is made: that content is the baseline for "needs a restart";

@@ -640,3 +640,16 @@ def test_source_changes_the_policy_and_survives_policy_from_mapping() -> None:
     assert base.default_source == ("prometheus", "otlp")
     assert base != PolicyConfig()
     assert policy_from_mapping({"canaries": []}, base).default_source == ("prometheus", "otlp")
+
+
+@pytest.mark.parametrize("section", ["cpu: {poll_seconds: 30}\n", "traces: {exemplar_info: false}\n",
+                                     "sources: {prometheus: {url: 'http://prometheus:9090'}}\n"])
+def test_other_restart_only_sections_are_flagged_too(files: Files, caplog: pytest.LogCaptureFixture,
+                                                     section: str) -> None:
+    caplog.set_level(logging.INFO, logger="adapter.config")
+    watcher = watcher_for(files, POLICY_A)
+    files.write(POLICY_A + section)
+    assert watcher.check() is None
+    assert watcher.restart_required
+    [record] = events(caplog, "config_restart_required")
+    assert record.fields["sections"] == [section.split(":")[0]]  # type: ignore[attr-defined]
