@@ -13,7 +13,7 @@ that says which workloads it matched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -171,6 +171,11 @@ class DualSignal:
             selection = Selection((workload,), members, policy.for_workload(namespace, workload), namespace)
             out[(namespace, workload)] = self.decision(namespace, selection, now)
         return out
+
+    def latency_targets(self, workloads: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """Each workload's ``latency_target_seconds`` (defaults plus its overrides), for ``/metrics``."""
+        policy = self._policy()
+        return {(ns, wl): policy.for_workload(ns, wl).latency_target_seconds for ns, wl in workloads}
 
     def error_ratios(self) -> dict[tuple[str, str], float]:
         """Failed / all requests of every workload over the closed window (cheap: per-series counters)."""

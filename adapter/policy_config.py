@@ -404,8 +404,8 @@ class PolicyWatcher:
     The whole file goes through the same validation as at start (:func:`adapter.config.settings_from_bytes`),
     so a reload is refused for a bad key in any section. A refused reload keeps the running policy, is
     logged once per bad content and counted in :attr:`reload_failures`. Sections other than the policy
-    (``store``, ``otlp``, ``cpu``, ``traces``, ``sources``, ``log_level``) are never applied live: a change there is logged once as needing
-    a restart and sets :attr:`restart_required`.
+    (``store``, ``otlp``, ``cpu``, ``traces``, ``sources``, ``log_level``) are never applied live: a
+    change there is logged once as needing a restart and sets :attr:`restart_required`.
 
     The file is read once when the watcher is made: that content is the baseline for "needs a restart";
     if its policy already differs from ``current`` the first :meth:`check` returns it.

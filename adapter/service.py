@@ -235,7 +235,8 @@ class Service:
         """Evaluate the policy for every workload once per slice: ``/metrics`` and a log line per change."""
         dual = self.provider.dual
         decisions = dual.all_decisions(now)
-        self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_ratios(now))
+        self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_ratios(now),
+                                        dual.latency_targets(decisions))
         reasons = {key: (d.reason if d is not None else "none") for key, d in decisions.items()}
         for (namespace, workload), reason in reasons.items():
             before = self._reasons.get((namespace, workload))

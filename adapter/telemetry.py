@@ -160,6 +160,7 @@ class _DecisionCollector(Collector):
     def __init__(self) -> None:
         self.current: dict[tuple[str, str], Decision | None] = {}
         self.error_ratios: dict[tuple[str, str], float] = {}
+        self.latency_targets: dict[tuple[str, str], float] = {}
         self.canaries: dict[tuple[str, str, str], float] = {}
         self.left_out = 0
 
@@ -185,6 +186,13 @@ class _DecisionCollector(Collector):
         yield ratio
         yield latency
         yield cpu
+        targets = GaugeMetricFamily(
+            "latency_adapter_latency_target_seconds",
+            "The workload's latency_target_seconds from the policy config (defaults plus overrides).",
+            labels=["namespace", "workload"])
+        for (namespace, workload), value in self.latency_targets.items():
+            targets.add_metric([namespace, workload], value)
+        yield targets
         errors = GaugeMetricFamily(
             "latency_adapter_workload_error_ratio",
             "Failed / all requests of the workload over the closed window (what error_ratio serves).",
@@ -276,7 +284,8 @@ class Telemetry:
 
     def record_decisions(self, decisions: dict[tuple[str, str], Decision | None],
                          error_ratios: dict[tuple[str, str], float] | None = None,
-                         canaries: dict[tuple[str, str, str], float] | None = None) -> None:
+                         canaries: dict[tuple[str, str, str], float] | None = None,
+                         latency_targets: dict[tuple[str, str], float] | None = None) -> None:
         """Publish one evaluation of every workload: count each by reason, keep the first N for gauges."""
         for decision in decisions.values():
             self.decisions.labels(decision.reason if decision is not None else "none").inc()
@@ -287,6 +296,8 @@ class Telemetry:
             self._decisions.error_ratios = dict(list(error_ratios.items())[:MAX_DECISION_SERIES])
         if canaries is not None:
             self._decisions.canaries = dict(list(canaries.items())[:MAX_DECISION_SERIES])
+        if latency_targets is not None:
+            self._decisions.latency_targets = dict(list(latency_targets.items())[:MAX_DECISION_SERIES])
 
     def sync_store_counters(self) -> None:
         """Move the store's plain-int drop counts into Prometheus counters (called by the ticker)."""

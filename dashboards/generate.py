@@ -51,6 +51,7 @@ Override = tuple[model.MatcherConfig, list[model.DynamicConfigValue]]
 # Metric names, as the adapter exposes them on its telemetry port (9464) ----------------------------------
 LATENCY = "latency_adapter_workload_latency_seconds"
 LATENCY_RATIO = "latency_adapter_latency_ratio"
+LATENCY_TARGET = "latency_adapter_latency_target_seconds"
 CPU_RATIO = "latency_adapter_cpu_ratio"
 DUAL_RATIO = "latency_adapter_dual_signal_ratio"
 ERROR_RATIO = "latency_adapter_workload_error_ratio"
@@ -274,15 +275,12 @@ def latency_autoscaling() -> dash.Dashboard:
         layout, "Request latency p50 / p95 / p99 vs target",
         "Quantiles of the workload's request latency from the adapter's histogram (5 ms to 10 s buckets, "
         "interpolated). Look for p95 crossing the dashed red target: the HPA scales out when the served "
-        "latency ratio is above 1. The target is derived as p95 over 1m (the default window) / "
-        "latency_adapter_latency_ratio, so it is approximate (bucket interpolation; exact is "
-        "defaults.latency_target_seconds or the workload's override in the adapter config; a workload "
-        "configured with quantile p99 shows its p99 target scaled by p95/p99). " + EXEMPLAR_HELP,
+        "latency ratio is above 1. The target line is the workload's latency_target_seconds from the "
+        "adapter's policy config (defaults plus its overrides). " + EXEMPLAR_HELP,
         [query(quantile_expr("0.5"), "A", "p50"),
          query(quantile_expr("0.95"), "B", "p95", exemplar=True),
          query(quantile_expr("0.99"), "C", "p99"),
-         query(f"{quantile_expr('0.95', '1m')}\n/ max({LATENCY_RATIO}{{{WORKLOAD_SELECTOR}}})", "D",
-               "target (p95 / latency ratio)")],
+         query(f"max({LATENCY_TARGET}{{{WORKLOAD_SELECTOR}}})", "D", "target")],
         unit="s", w=16, h=9,
         overrides=[by_ref("D", *DASHED_RED), links_on_trace_id("Open trace ${__value.raw}")],
     ))

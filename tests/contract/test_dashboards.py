@@ -392,7 +392,7 @@ def test_autoscaling_dashboard_content() -> None:
     for q in ("0.5", "0.95", "0.99"):
         assert any(t["expr"].startswith(f"histogram_quantile({q}, ") for t in latency["targets"]), q
     assert exprs["p95"].get("exemplar") is True
-    assert "latency_adapter_latency_ratio" in exprs["target (p95 / latency ratio)"]["expr"]
+    assert "latency_adapter_latency_target_seconds" in exprs["target"]["expr"]
     for title in ("Request latency p50 / p95 / p99 vs target", "Traces near each workload's p95"):
         p = by_title[title]
         links = [prop["value"] for o in p["fieldConfig"]["overrides"]

@@ -233,11 +233,14 @@ def test_error_ratios_and_canary_ratios_on_metrics(provider: MetricsProvider, st
     canaries = dual.canary_ratios(clock.now)
     assert canaries == {("shop", "checkout-canary", "checkout"): pytest.approx(1.3, rel=0.02)}
     telemetry = Telemetry(store)
-    telemetry.record_decisions(dual.all_decisions(clock.now), dual.error_ratios(), canaries)
+    decisions = dual.all_decisions(clock.now)
+    telemetry.record_decisions(decisions, dual.error_ratios(), canaries, dual.latency_targets(decisions))
     text = generate_latest(telemetry.registry).decode()
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
            for family in text_string_to_metric_families(text) for s in family.samples}
     assert got[("latency_adapter_workload_error_ratio",
                 (("namespace", "shop"), ("workload", "checkout")))] == pytest.approx(0.02)
+    assert got[("latency_adapter_latency_target_seconds",
+                (("namespace", "shop"), ("workload", "checkout")))] == 0.25  # the defaults' target
     canary_labels = (("baseline", "checkout"), ("canary", "checkout-canary"), ("namespace", "shop"))
     assert got[("latency_adapter_canary_latency_ratio", canary_labels)] == pytest.approx(1.3, rel=0.02)
