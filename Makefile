@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/latency-adapter serve --insecure-no-auth --demo
 
-# Debian's prometheus (and promtool), and kubectl when missing: tests use them as real clients.
+# Debian's prometheus (and promtool), victoria-metrics, and kubectl when missing: tests use them as real
+# clients/backends.
 tools:
 	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -28,6 +29,13 @@ tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
 	      || echo "warning: could not install prometheus"; \
 	  else echo "note: prometheus is missing and we are not root; tests that need it skip (and fail under CI=true)"; fi; \
+	fi
+	@if ! command -v victoria-metrics >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing victoria-metrics from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends victoria-metrics >/dev/null \
+	      || echo "warning: could not install victoria-metrics"; \
+	  else echo "note: victoria-metrics is missing and we are not root; tests that need it skip (and fail under CI=true)"; fi; \
 	fi
 
 lint: $(STAMP)

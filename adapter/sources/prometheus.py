@@ -201,6 +201,10 @@ class PrometheusSource:
         self.client = client or PrometheusClient(settings, clock)
         self.templates = settings.templates()
         self.rounds = 0
+        #: Refreshes of a workload with a latency value but no exemplar with a trace id (the exemplar query
+        #: failed, or the backend keeps none: VictoriaMetrics answers ``query_exemplars`` with no data).
+        self.exemplar_misses = 0
+        self._exemplars_noted = False
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
 
     async def check_templates(self) -> None:
@@ -215,6 +219,8 @@ class PrometheusSource:
             try:
                 await self.client.get(path, params)
             except PrometheusQueryError as exc:
+                if key == "latency_exemplars" and exc.error_type != "bad_data":
+                    continue  # a backend without an exemplar API still serves values (no trace_id)
                 if exc.status == 400 and exc.error_type == "bad_data":
                     where = "" if key in custom else " (built-in; check latency_metric, labels)"
                     raise ConfigError(f"sources.prometheus.queries.{key}", template,
@@ -292,9 +298,21 @@ class PrometheusSource:
                         self.settings.window_seconds)
         try:
             async with self._semaphore:
-                return await self.client.query_exemplars(promql, at - self.settings.window_seconds, at)
-        except PrometheusQueryError:
+                points = await self.client.query_exemplars(promql, at - self.settings.window_seconds, at)
+        except PrometheusQueryError as exc:
+            self._no_exemplars(f"query_exemplars failed ({exc.kind}): {exc}")
             return []
+        if not points:
+            self._no_exemplars("query_exemplars answered no exemplar with a trace id")
+        return points
+
+    def _no_exemplars(self, why: str) -> None:
+        """Count a refresh without exemplars; log the first one only (values are served regardless)."""
+        self.exemplar_misses += 1
+        if not self._exemplars_noted:
+            self._exemplars_noted = True
+            log.info("no exemplars from the PromQL backend; values carry no trace_id (logged once)",
+                     extra={"fields": {"event": "prometheus_no_exemplars", "reason": why}})
 
 
 class PrometheusCollector(Collector):
@@ -325,3 +343,8 @@ class PrometheusCollector(Collector):
                                      "Refresh rounds of the Prometheus source.")
         rounds.add_metric([], self._source.rounds)
         yield rounds
+        misses = CounterMetricFamily("latency_adapter_prometheus_exemplar_misses",
+                                     "Refreshes of a workload's latency without an exemplar with a trace id "
+                                     "(the backend keeps none, or query_exemplars failed).")
+        misses.add_metric([], self._source.exemplar_misses)
+        yield misses

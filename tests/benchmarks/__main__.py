@@ -17,7 +17,7 @@ import traceback
 
 from . import Row, print_table, yes_no
 
-BENCHMARKS = ("accuracy", "ingest", "memory", "latency_step", "api", "simulate")
+BENCHMARKS = ("accuracy", "ingest", "memory", "latency_step", "api", "simulate", "prometheus_source")
 
 
 def cpu_model() -> str:

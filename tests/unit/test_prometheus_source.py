@@ -458,3 +458,81 @@ async def test_unreadable_credentials_are_connection_errors(tmp_path: Any) -> No
     basic = await classify(URL, basic_auth_username="u", basic_auth_password_file=missing)
     assert basic.kind == "connection"
     assert (await classify(URL, ca_file=missing)).kind == "connection"
+
+
+# --- backends without exemplars (VictoriaMetrics 1.79, or no query_exemplars at all) --------------------
+
+
+class NoExemplarsClient(FakeClient):
+    """Values as :class:`FakeClient`; exemplars empty (VictoriaMetrics) or an error (no such endpoint)."""
+
+    def __init__(self, answers: dict[str, Any], error: PrometheusQueryError | None = None) -> None:
+        super().__init__(answers)
+        self.error = error
+
+    async def query_exemplars(self, promql: str, start: float, end: float) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        return []
+
+
+@pytest.mark.parametrize("error", [None, PrometheusQueryError("http_status", "HTTP 404: not found", 404)])
+async def test_no_exemplars_serve_values_without_trace_id_and_log_once(
+        error: PrometheusQueryError | None, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from adapter.sources.prometheus import PrometheusCollector
+
+    clock = FakeClock(1003.0)
+    policy = policy_of()
+    settings = PrometheusSettings(url=URL, refresh_seconds=5, window_seconds=60)
+    cache = PrometheusCache(lambda: policy, settings.window_seconds)
+    cpu = CpuSignals()
+    client = NoExemplarsClient(dict(ANSWERS), error)
+    src = PrometheusSource(settings, cache, cpu, lambda: policy, clock, client)
+    provider = MetricsProvider(WindowStore(), clock, cpu, lambda: policy, cache)
+    with caplog.at_level(logging.INFO, logger="adapter.prometheus"):
+        for _ in range(3):
+            await src.refresh_once()
+            clock.advance(5)
+    reading = provider.reading("shop", "latency_p95_seconds", parse_selector("workload=checkout"))
+    assert (reading.value, reading.labels) == (0.4, {"workload": "checkout"})
+    dual = provider.reading("shop", "dual_signal_ratio", parse_selector("workload=checkout"))
+    assert "trace_id" not in dual.labels and dual.value == pytest.approx(0.4 / 0.25)
+    assert src.exemplar_misses == 3
+    noted = [r for r in caplog.records if "no exemplars" in r.getMessage()]
+    assert len(noted) == 1
+    families = {f.name: f for f in PrometheusCollector(src).collect()}
+    assert families["latency_adapter_prometheus_exemplar_misses"].samples[0].value == 3
+
+
+async def test_exemplars_found_are_not_misses() -> None:
+    src, _, _, _, _ = make(FakeClock(1003.0))
+    await src.refresh_once()
+    assert src.exemplar_misses == 0
+
+
+async def test_start_check_skips_a_missing_exemplar_api(backend: Callable[..., Any]) -> None:
+    asked: list[str] = []
+
+    async def no_exemplars(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        if request.path.endswith("query_exemplars"):
+            return web.Response(status=404, text="404 page not found")
+        if "oops(" in request.query["query"]:
+            return web.json_response({"status": "error", "errorType": "bad_data", "error": "unexpected"},
+                                     status=400)
+        return web.json_response(vector())
+
+    url = await backend(no_exemplars)
+    policy = PolicyConfig()
+    ok = PrometheusSource(PrometheusSettings(url=url), PrometheusCache(lambda: policy, 60), CpuSignals(),
+                          lambda: policy)
+    await ok.check_templates()  # the 404 does not stop the start
+    await ok.client.close()
+    broken = PrometheusSettings(url=url, queries=(("error_ratio", "oops($window"),))
+    source = PrometheusSource(broken, PrometheusCache(lambda: policy, 60), CpuSignals(), lambda: policy)
+    with pytest.raises(ConfigError):  # and the templates after it are still checked
+        await source.check_templates()
+    await source.client.close()
+    assert "/api/v1/query_exemplars" in asked
