@@ -89,6 +89,19 @@ class VictoriaServer:
         raise VictoriaError(f"victoria-metrics could not bind a port in {attempts} attempts\n"
                             + self.log_tail())
 
+    def restart(self) -> Self:
+        """Start again after :meth:`stop`, on the same port and data directory (a backend coming back)."""
+        assert self.proc is not None and self.port, "restart() needs a server that was started"
+        self.stop()
+        self.returncode = None
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- restart: port {self.port}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+        self._wait_ready()
+        return self
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:

@@ -4,12 +4,14 @@ Each replica refreshes at a query time rounded down to ``refresh_seconds``, so t
 a moment apart ask Prometheus the same question (same PromQL, same ``time=``) and get the same answer. The
 test polls both until, for every metric, the two answers carry the same timestamp (both refreshed in the
 same interval), and then requires the same value; this must happen within a bounded time.
+
+The same test runs with a single-node VictoriaMetrics as the PromQL backend (parameter ``backend``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,12 +22,15 @@ from tests.promql_exporter import NS, PODS, SELECTOR, STALE_AFTER, WINDOW, WORKL
 
 if TYPE_CHECKING:
     from tests.prometheus import PrometheusFactory
+    from tests.victoria import VictoriaFactory
 
-pytest_plugins = ["tests.prometheus"]
+pytest_plugins = ["tests.prometheus", "tests.victoria"]
 
 METRICS = ("latency_p95_seconds", "request_rate", "cpu_utilization", "dual_signal_ratio")
 #: How long the two replicas may take to agree once both serve values (a few refresh intervals).
 AGREE_WITHIN = 20.0
+#: A PromQL backend: its URL, its instant query, the scrape count that makes a full window.
+Backend = tuple[str, Callable[[str], list[dict[str, Any]]], int]
 
 
 @pytest.fixture
@@ -34,20 +39,34 @@ def exporter() -> Iterator[int]:
         yield port
 
 
-def test_two_replicas_serve_the_same_values(exporter: int, prometheus_factory: PrometheusFactory,
-                                            adapter_factory: AdapterFactory) -> None:
-    prom = prometheus_factory([f"127.0.0.1:{exporter}"], job="app")
-    prom.wait_scraped()
+@pytest.fixture(params=["prometheus", "victoria"])
+def backend(request: pytest.FixtureRequest, exporter: int) -> Backend:
+    """A PromQL backend scraping the exporter: its URL, its instant query and the scrape count of a full
+    window (for VictoriaMetrics one less, as in ``test_victoria_source``: its ``count_over_time`` over the
+    same window may count one sample fewer)."""
+    if request.param == "prometheus":
+        prometheus_factory: PrometheusFactory = request.getfixturevalue("prometheus_factory")
+        prom = prometheus_factory([f"127.0.0.1:{exporter}"], job="app")
+        prom.wait_scraped()
+        return prom.url(""), prom.query, WINDOW
+    victoria_factory: VictoriaFactory = request.getfixturevalue("victoria_factory")
+    vm = victoria_factory([f"127.0.0.1:{exporter}"])
+    return vm.url(""), vm.query, WINDOW - 1
+
+
+def test_two_replicas_serve_the_same_values(
+        backend: Backend, adapter_factory: AdapterFactory) -> None:
+    url, query, full = backend
 
     def window_full() -> bool:
         promql = f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])'
-        counts = prom.query(promql)
-        return len(counts) == len(PODS) and all(float(c["value"][1]) >= WINDOW for c in counts)
+        counts = query(promql)
+        return len(counts) == len(PODS) and all(float(c["value"][1]) >= full for c in counts)
 
-    wait_for(window_full, WINDOW + 20, "a full window of scrapes", interval=0.5)
+    wait_for(window_full, WINDOW + 30, "a full window of scrapes", interval=0.5)
     config = {
         "store": {"window_seconds": 30, "slice_seconds": 1},
-        "sources": {"prometheus": {"url": prom.url(""), "refresh_seconds": 2, "timeout_seconds": 1,
+        "sources": {"prometheus": {"url": url, "refresh_seconds": 2, "timeout_seconds": 1,
                                    "window_seconds": WINDOW}},
         "defaults": {"stale_after_seconds": STALE_AFTER, "min_samples": 10},
         "workloads": [{"namespace": NS, "workload": WORKLOAD, "source": "prometheus"}],

@@ -8,10 +8,15 @@ Exemplars: VictoriaMetrics 1.79 stores none; its ``/api/v1/query_exemplars`` ans
 ``{"status":"success","data":[]}``. The source must degrade gracefully: values without ``trace_id``,
 no query error counted (a refresh without exemplars counts in
 ``latency_adapter_prometheus_exemplar_misses_total`` and is logged once), never a missing value.
+
+Then VictoriaMetrics is stopped: the adapter keeps serving the last value until the workload's
+``stale_after_seconds``, then answers 404, and counts the failed queries by kind; VictoriaMetrics starts
+again on the same port and data directory, and values come back without restarting the adapter.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -93,3 +98,26 @@ def test_victoria_metrics_source(exporter: int, victoria_factory: VictoriaFactor
     for kind in ("timeout", "connection", "http_status", "bad_response"):
         assert adapter.counter("latency_adapter_prometheus_query_errors_total", kind=kind) == 0, kind
     assert adapter.counter("latency_adapter_prometheus_exemplar_misses_total") > 0
+
+    # The backend goes away: the last value is served until stale_after_seconds, then 404.
+    vm.stop()
+    stopped = time.monotonic()
+    assert adapter.value(NS, "latency_p95_seconds", SELECTOR).status == 200
+
+    def missing() -> bool:
+        return adapter.value(NS, "latency_p95_seconds", SELECTOR).status == 404
+
+    wait_for(missing, STALE_AFTER + 10, "the p95 to go missing after stale_after_seconds", interval=0.2)
+    assert time.monotonic() - stopped >= STALE_AFTER - 2.5
+    assert adapter.counter("latency_adapter_prometheus_query_errors_total", kind="connection") > 0
+    last_success = adapter.counter("latency_adapter_prometheus_last_success_timestamp_seconds")
+    assert 0 < last_success < time.time() - 1
+
+    # It comes back on the same port and data directory: values return, the adapter was not restarted.
+    port = vm.port
+    vm.restart()
+    assert vm.port == port
+    pid = adapter.proc.pid if adapter.proc is not None else None
+    again = adapter.wait_value(NS, "latency_p95_seconds", SELECTOR, timeout=30)["items"][0]
+    assert number(again) == pytest.approx(expected, rel=0.05), (again, expected)
+    assert adapter.proc is not None and adapter.proc.pid == pid and adapter.alive()
