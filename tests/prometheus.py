@@ -20,61 +20,41 @@ up to 5 s); :meth:`PrometheusServer.wait_scraped` waits for it rather than sleep
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
-import yaml
 
-from tests.tooling import require_tool, terminate
+from tests.scraping_server import ScrapingServer, ServerFactory, attach_logs
+from tests.tooling import require_tool
 
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 #: How often Prometheus scrapes; ``scrape_timeout`` is the same (it may not exceed the interval).
 SCRAPE_INTERVAL = "1s"
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (Prometheus binds it itself; a clash is retried)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusError(AssertionError):
     """Prometheus answered with an error, or did not do what we waited for; carries the log's end."""
 
 
-class PrometheusServer:
+class PrometheusServer(ScrapingServer):
     """One ``prometheus`` process scraping ``targets`` (``host:port``, path ``metrics_path``)."""
 
-    tail_lines = 60
+    name = "prometheus"
+    config_name = "prometheus.yml"
+    ready_path = "/-/ready"
+    error = PrometheusError
 
     def __init__(self, binary: str, workdir: Path, targets: Sequence[str], job: str = "adapter",
                  metrics_path: str = "/metrics", scrape_interval: str = SCRAPE_INTERVAL) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.targets_scraped = list(targets)
-        self.job = job
+        super().__init__(binary, workdir, targets, job)
         self.metrics_path = metrics_path
         self.scrape_interval = scrape_interval
-        self.config_path = workdir / "prometheus.yml"
-        self.data_dir = workdir / "data"
-        self.log_path = workdir / "prometheus.log"
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
-
-    # -- life cycle ----------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
         return {
@@ -92,79 +72,7 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}", "--enable-feature=exemplar-storage",
                 "--log.level=info"]
 
-    def start(self, attempts: int = 3) -> Self:
-        """Start and wait for ``/-/ready``; a port taken in between is retried on a new port."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(self.config()), encoding="utf-8")
-        for attempt in range(attempts):
-            self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                log.write(f"--- start {attempt + 1}: port {self.port}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log)
-            try:
-                self._wait_ready()
-                return self
-            except PrometheusError:
-                exited = self.proc.poll() is not None
-                self.stop()
-                self.returncode = None
-                if not (exited and "address already in use" in self.log_text()):
-                    raise
-        raise PrometheusError(f"prometheus could not bind a port in {attempts} attempts\n{self.log_tail()}")
-
-    def restart(self) -> Self:
-        """Start again after :meth:`stop`, on the same port and TSDB directory (a backend coming back)."""
-        assert self.proc is not None and self.port, "restart() needs a server that was started"
-        self.stop()
-        self.returncode = None
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- restart: port {self.port}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode} before it was ready\n"
-                                      + self.log_tail())
-            ready = self.url("/-/ready")
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus not ready after {READY_TIMEOUT}s\n{self.log_tail()}")
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; returns the exit status."""
-        proc = self.proc
-        if proc is None or self.returncode is not None:
-            return self.returncode
-        self.returncode = terminate(proc, STOP_TIMEOUT)
-        return self.returncode
-
-    # -- its log -------------------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int | None = None) -> str:
-        return "\n".join(self.log_text().splitlines()[-(lines or self.tail_lines):])
-
     # -- the HTTP API --------------------------------------------------------------------------------
-
-    def url(self, path: str, params: dict[str, str] | None = None) -> str:
-        query = "?" + urllib.parse.urlencode(params) if params else ""
-        return f"http://127.0.0.1:{self.port}{path}{query}"
 
     def api(self, path: str, params: dict[str, str] | None = None) -> Any:
         """GET ``/api/v1/<path>``; the ``data`` of a ``success`` answer, else :class:`PrometheusError`."""
@@ -232,23 +140,11 @@ def _parse_time(text: str) -> float:
     return stamp + (float("0." + fraction) if fraction else 0.0)
 
 
-class PrometheusFactory:
+class PrometheusFactory(ServerFactory[PrometheusServer]):
     """Starts Prometheus servers (each in its own directory) and stops every one it started."""
 
     def __init__(self, base: Path, binary: str) -> None:
-        self.base = base
-        self.binary = binary
-        self.started: list[PrometheusServer] = []
-
-    def __call__(self, targets: Sequence[str], **kwargs: Any) -> PrometheusServer:
-        server = PrometheusServer(self.binary, self.base / f"prometheus-{len(self.started)}", targets,
-                                  **kwargs)
-        self.started.append(server)
-        return server.start()
-
-    def stop_all(self) -> None:
-        for server in self.started:
-            server.stop()
+        super().__init__(base, binary, PrometheusServer)
 
 
 @pytest.fixture
@@ -263,11 +159,4 @@ def prometheus_factory(tmp_path: Path) -> Iterator[PrometheusFactory]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Attach the log of every Prometheus a failing test started to its report."""
     outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    factory = getattr(item, "funcargs", {}).get("prometheus_factory")
-    if isinstance(factory, PrometheusFactory):
-        for server in factory.started:
-            report.sections.append((f"prometheus log ({server.workdir.name}, port {server.port})",
-                                    server.log_tail(80)))
+    attach_logs(item, outcome.get_result(), "prometheus_factory")

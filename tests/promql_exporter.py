@@ -12,7 +12,6 @@ grow linearly, so the utilisation is the same too.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from adapter.quantity import parse_quantity
+from tests.scraping_server import free_port
 
 NS, WORKLOAD = "shop", "checkout"
 SELECTOR = f"workload={WORKLOAD}"
@@ -72,10 +72,6 @@ class Exporter(Collector):
         yield requests
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
