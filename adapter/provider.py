@@ -141,11 +141,11 @@ class MetricsProvider:
             return _Cached(tick, Reading(metric, served.value, at, self.store.settings.window_seconds,
                                          served.labels), None)
         matched = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        view = self.store.view(matched, now=at)
         if self.prometheus is not None:
-            routed = self._from_prometheus(namespace, metric, selector, matched, tick, at)
+            routed = self._from_prometheus(namespace, metric, selector, matched, view is not None, tick, at)
             if routed is not None:
                 return routed
-        view = self.store.view(matched, now=at)
         settings = self.store.settings
         if view is None:
             what = f"selector {str(selector)!r}" if not selector.is_empty() else "an empty selector"
@@ -168,7 +168,7 @@ class MetricsProvider:
         return _Cached(tick, reading, None)
 
     def _from_prometheus(self, namespace: str, metric: str, selector: Selector, matched: list[Series],
-                         tick: int, at: float) -> _Cached | None:
+                         has_otlp: bool, tick: int, at: float) -> _Cached | None:
         """The answer from the Prometheus cache when the selector means one workload configured for it
         and its ``source`` list picks Prometheus (``None``: the store answers as usual)."""
         from .sources.prometheus import SERVED
@@ -178,7 +178,6 @@ class MetricsProvider:
         if len(names) != 1 or any(s.key.workload != names[0] for s in matched):
             return None  # none, or a question the per-workload PromQL answers cannot add up
         workload = names[0]
-        has_otlp = self.store.view(matched, now=at) is not None
         where, sample = self.prometheus.route(namespace, workload, SERVED[metric], at, has_otlp)
         if where == "store":
             return None
