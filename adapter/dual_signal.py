@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from .cpu import CpuSignals
 from .errors import BadRequest, NoData, quote
@@ -114,7 +114,11 @@ class DualSignal:
 
     def latency(self, selection: Selection, quantile: float,
                 now: float) -> tuple[LatencySignal | None, WindowView | None]:
-        view = self.store.view(selection.series, now=now)
+        return self._latency_from(selection, quantile, now, self.store.view(selection.series, now=now))
+
+    def _latency_from(self, selection: Selection, quantile: float, now: float,
+                      view: WindowView | None) -> tuple[LatencySignal | None, WindowView | None]:
+        """:meth:`latency` on the selection's merged window, when the caller already has it."""
         if self.external is not None and len(selection.workloads) == 1 and selection.namespace:
             handled, signal = self.external.latency(selection.namespace, selection.workloads[0], quantile,
                                                     now, view is not None)
@@ -147,9 +151,13 @@ class DualSignal:
             return None
         return CpuSignal(usage / request, oldest, pods)
 
-    def decision(self, namespace: str, selection: Selection, now: float) -> Decision | None:
+    def decision(self, namespace: str, selection: Selection, now: float,
+                 view: WindowView | Literal[False] | None = False) -> Decision | None:
+        """The policy's decision; ``view`` is the selection's merged window when the caller has it."""
         s = selection.settings
-        latency, _ = self.latency(selection, s.quantile, now)
+        if view is False:
+            view = self.store.view(selection.series, now=now)
+        latency, _ = self._latency_from(selection, s.quantile, now, view)
         return decide(latency, self.cpu_signal(namespace, selection, now), s, now)
 
     def all_decisions(self, now: float) -> dict[tuple[str, str], Decision | None]:
@@ -207,7 +215,8 @@ class DualSignal:
         s = selection.settings
         # Every item names a representative request: the one near the window's p95 and, when the
         # window had errors, a failed one.
-        window, view = self.latency(selection, 0.95, now)
+        merged = self.store.view(selection.series, now=now)  # once: every metric below reads it
+        window, view = self._latency_from(selection, 0.95, now, merged)
         labels = _traced(_common_labels(selection), window.trace_id if window else None)
         if view is not None and view.errors > 0 and view.error_trace_id:
             labels["error_trace_id"] = view.error_trace_id
@@ -224,7 +233,7 @@ class DualSignal:
                              f"in the last {self.store.settings.window_seconds}s")
             return Value(window.seconds / s.latency_target_seconds, labels)
         if metric == "dual_signal_ratio":
-            decision = self.decision(namespace, selection, now)
+            decision = self.decision(namespace, selection, now, merged)
             if decision is None:
                 raise NoData(
                     f"neither signal is usable for {_what(selection)} in namespace {namespace!r}: fewer "
@@ -233,11 +242,11 @@ class DualSignal:
             # The decision's own trace (near the quantile it used) when latency counted in it.
             return Value(decision.ratio, _traced({**labels, "reason": decision.reason}, decision.trace_id))
         if metric == "latency_p95_baseline_ratio":
-            return self._baseline_ratio(namespace, selector, selection, labels, now)
+            return self._baseline_ratio(namespace, selector, selection, labels, window, now)
         raise AssertionError(metric)
 
     def _baseline_ratio(self, namespace: str, selector: Selector, selection: Selection,
-                        labels: dict[str, str], now: float) -> Value:
+                        labels: dict[str, str], mine: LatencySignal | None, now: float) -> Value:
         if len(selection.workloads) != 1:
             raise BadRequest("latency_p95_baseline_ratio needs a selector naming one canary workload "
                              f"(workload=<canary>); {quote(str(selector))} matches "
@@ -251,7 +260,6 @@ class DualSignal:
         base_series = [x for x in self.store.series_in(namespace) if x.key.workload == baseline
                        and selector.matches({**x.key.labels(), "workload": canary})]
         s = selection.settings
-        mine, _ = self.latency(selection, 0.95, now)
         theirs, _ = self.latency(Selection((baseline,), base_series, s, namespace), 0.95, now)
         for name, signal in ((canary, mine), (baseline, theirs)):
             if signal is None or signal.samples < s.min_samples or signal.seconds <= 0:
