@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench tools clean
+.PHONY: run test lint bench fuzz soak tools clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -41,6 +41,7 @@ tools:
 lint: $(STAMP)
 	$(BIN)/ruff check adapter tests dashboards manifests/alerts
 	$(BIN)/mypy --strict adapter
+	$(BIN)/python -m tests.audit
 
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q
@@ -50,6 +51,19 @@ bench: $(STAMP)
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
 	  || echo "note: wrk is missing; the API benchmark is skipped"; }
 	$(BIN)/python -m tests.benchmarks
+
+# Coverage-guided fuzzing (atheris; hypothesis when atheris cannot be installed): 100,000 inputs per
+# target against the parsers and a running adapter. Not part of `make test` (minutes, not seconds).
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]' || echo "note: atheris did not install; fuzzing with hypothesis"
+	$(BIN)/python -m tests.fuzz
+
+# Ten minutes at twice the sizing load (OTLP ingest and wrk on the API together); a table per minute.
+soak: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || { echo "wrk is missing and cannot be installed"; exit 1; }; }
+	$(BIN)/python -m tests.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .config import LOG_LEVELS, load_settings
 from .errors import ConfigError
+from .limits import DEBUG_ENDPOINTS
 from .simulate import SCENARIO_NAMES
 from .traces import check_url_template
 
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--trace-url-template", default=None,
                        help="link to a trace, with {trace_id} where the id goes (e.g. "
                             "https://tempo.example/explore?traceId={trace_id}); used by /debug/workloads")
+    serve.add_argument("--debug-endpoints", choices=DEBUG_ENDPOINTS, default=None,
+                       help="/debug/* on the operations port: auto (default: only with --insecure-no-auth, "
+                            "since that port has no authentication), on, off")
     serve.add_argument("--demo", action="store_true",
                        help="also run the demo traffic generator against this adapter's OTLP port")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=None)
@@ -175,8 +179,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"latency-adapter: invalid configuration: {exc}", file=sys.stderr)
             return EXIT_USAGE
         traces = dataclasses.replace(traces, url_template=args.trace_url_template)
+    server = settings.server
+    if args.debug_endpoints is not None:
+        server = dataclasses.replace(server, debug_endpoints=args.debug_endpoints)
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
-                                   traces=traces,
+                                   traces=traces, server=server,
                                    insecure_no_auth=args.insecure_no_auth, demo=args.demo,
                                    kubeconfig=args.kubeconfig,
                                    cpu=dataclasses.replace(settings.cpu, **cpu),

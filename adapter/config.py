@@ -12,7 +12,13 @@ otlp:   {max_body_bytes: 8388608, max_decompressed_bytes: 33554432, default_name
          split_routes: true, max_label_length: 128}
 cpu:    {source: auto, poll_seconds: 15}
 traces: {url_template: "https://tempo.example/explore?traceId={trace_id}", exemplar_info: true,
-         exemplar_info_interval_seconds: 60, exemplar_info_series_per_hour: 5000}
+         exemplar_info_interval_seconds: 60, exemplar_info_series_per_hour: 5000,
+         exemplar_info_max_workloads: 10000}
+limits: {max_concurrent_requests: 512, otlp_high_water_requests: 32, memory_budget_bytes: 0,
+         max_spans_per_request: 65536, max_points_per_request: 65536, body_timeout_seconds: 10,
+         retry_after_seconds: 1}                                   # adapter.limits; applied live
+server: {header_timeout_seconds: 10, max_header_bytes: 16384, max_headers: 128, max_connections: 4096,
+         shutdown_timeout_seconds: 20, shutdown_delay_seconds: 0, debug_endpoints: auto}
 sources:
   prometheus: {url: "http://prometheus.monitoring:9090", refresh_seconds: 15}   # adapter.sources.prometheus
 log_level: info
@@ -27,8 +33,9 @@ Command-line flags (ports, bind address, certificate directory) override the fil
 
 ``defaults``, ``workloads`` and ``canaries`` are the policy (:mod:`adapter.policy_config`, which checks
 them and documents the override rule: matching ``workloads`` entries apply in file order on top of
-``defaults``, later ones overriding earlier ones key by key). They are the only sections re-read while
-running (:class:`~adapter.policy_config.PolicyWatcher`); a change to any other section needs a restart.
+``defaults``, later ones overriding earlier ones key by key). They, ``limits`` and ``log_level`` are the
+sections applied while running (:class:`~adapter.policy_config.PolicyWatcher`); a change to any other
+section needs a restart.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import yaml
 
 from .api.security import SecuritySettings
 from .errors import ConfigError
+from .limits import DEBUG_ENDPOINTS, LimitSettings, ServerSettings
 from .policy_config import POLICY_SECTIONS, PolicyConfig, policy_from_mapping
 from .sources.kubernetes import CPU_SOURCES, CpuSourceSettings
 from .sources.otlp import ReceiverSettings
@@ -74,6 +82,9 @@ class Settings:
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     cpu: CpuSourceSettings = field(default_factory=CpuSourceSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
+    #: Bounds applied live (``limits``) and fixed at start (``server``): :mod:`adapter.limits`.
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     #: kubeconfig for reading workloads, pods and PodMetrics (``None``: in-cluster when in a pod).
     kubeconfig: Path | None = None
     #: Per-workload targets and canary pairs (``defaults``, ``workloads``, ``canaries``).
@@ -102,6 +113,22 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "cpu.poll_seconds": (lambda v: 1 <= v <= 3600, "between 1 and 3600"),
     "traces.exemplar_info_interval_seconds": (lambda v: 1 <= v <= 86400, "between 1 and 86400"),
     "traces.exemplar_info_series_per_hour": (lambda v: v >= 1, "at least 1"),
+    "traces.exemplar_info_max_workloads": (lambda v: v >= 1, "at least 1"),
+    "limits.max_concurrent_requests": (lambda v: 1 <= v <= 100_000, "between 1 and 100000"),
+    "limits.otlp_high_water_requests": (lambda v: 1 <= v <= 100_000, "between 1 and 100000"),
+    "limits.memory_budget_bytes": (lambda v: v == 0 or v >= 64 << 20,
+                                   "0 (80 % of the container's memory limit) or at least 67108864"),
+    "limits.max_spans_per_request": (lambda v: v >= 1, "at least 1"),
+    "limits.max_points_per_request": (lambda v: v >= 1, "at least 1"),
+    "limits.body_timeout_seconds": (lambda v: 0.1 <= v <= 300, "between 0.1 and 300"),
+    "limits.retry_after_seconds": (lambda v: 1 <= v <= 300, "between 1 and 300"),
+    "server.header_timeout_seconds": (lambda v: 0.1 <= v <= 300, "between 0.1 and 300"),
+    "server.max_header_bytes": (lambda v: 1024 <= v <= 1 << 20, "between 1024 and 1048576"),
+    "server.max_headers": (lambda v: 8 <= v <= 10_000, "between 8 and 10000"),
+    "server.max_connections": (lambda v: 1 <= v <= 1_000_000, "between 1 and 1000000"),
+    "server.shutdown_timeout_seconds": (lambda v: 1 <= v <= 600, "between 1 and 600"),
+    "server.shutdown_delay_seconds": (lambda v: 0 <= v <= 600, "between 0 and 600"),
+    "server.debug_endpoints": (lambda v: v in DEBUG_ENDPOINTS, "one of " + ", ".join(DEBUG_ENDPOINTS)),
 }
 
 #: File section -> (settings attribute, dataclass). ``otlp`` feeds two dataclasses.
@@ -110,6 +137,8 @@ _SECTIONS: dict[str, tuple[tuple[str, type[Any]], ...]] = {
     "otlp": (("ingest", IngestSettings), ("receiver", ReceiverSettings)),
     "cpu": (("cpu", CpuSourceSettings),),
     "traces": (("traces", TraceSettings),),
+    "limits": (("limits", LimitSettings),),
+    "server": (("server", ServerSettings),),
 }
 
 
@@ -200,6 +229,11 @@ def settings_from_mapping(doc: Any, base: Settings | None = None) -> Settings:
             if attr == "store":
                 _check_store(current, per_target[attr])
             updates[attr] = dataclasses.replace(current, **per_target[attr])
+    server = updates.get("server", base.server)
+    if server.shutdown_delay_seconds >= server.shutdown_timeout_seconds:
+        raise ConfigError("server.shutdown_delay_seconds", server.shutdown_delay_seconds,
+                          f"must be less than server.shutdown_timeout_seconds "
+                          f"({server.shutdown_timeout_seconds:g})")
     receiver = updates.get("receiver", base.receiver)
     if receiver.max_decompressed_bytes < receiver.max_body_bytes:
         raise ConfigError("otlp.max_decompressed_bytes", receiver.max_decompressed_bytes,
@@ -253,6 +287,8 @@ def settings_from_bytes(data: bytes, path: Path, base: Settings | None = None) -
         raise ConfigError("--config", str(path), f"is not valid YAML: {exc}") from exc
     except RecursionError as exc:
         raise ConfigError("--config", str(path), "is not valid YAML: nested too deeply") from exc
+    except Exception as exc:  # a tagged scalar PyYAML cannot convert (!!timestamp x) raises anything
+        raise ConfigError("--config", str(path), f"is not valid YAML: {type(exc).__name__}: {exc}") from exc
     return dataclasses.replace(settings_from_mapping(doc, base), config_path=path)
 
 

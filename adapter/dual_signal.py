@@ -13,7 +13,7 @@ that says which workloads it matched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -161,10 +161,14 @@ class DualSignal:
         return decide(latency, self.cpu_signal(namespace, selection, now), s, now)
 
     def all_decisions(self, now: float) -> dict[tuple[str, str], Decision | None]:
-        """The decision for every known workload (as ``workload=<name>`` would get), for ``/metrics``.
+        """The decision for every known workload (as ``workload=<name>`` would get), for ``/metrics``."""
+        return dict(self.iter_decisions(now))
 
-        Runs once per slice for every workload, on the event loop: the series are grouped by workload in
-        one pass instead of matching a selector against the namespace for each one.
+    def iter_decisions(self, now: float) -> Iterator[tuple[tuple[str, str], Decision | None]]:
+        """:meth:`all_decisions` one workload at a time, so the caller can pace it on the event loop.
+
+        The series are grouped by workload in one pass instead of matching a selector against the
+        namespace for each one.
         """
         groups: dict[tuple[str, str], list[Series]] = {}
         for one in self.store.all_series():
@@ -174,11 +178,9 @@ class DualSignal:
         for key in self.external.all_workloads() if self.external is not None else ():
             groups.setdefault(key, [])
         policy = self._policy()
-        out: dict[tuple[str, str], Decision | None] = {}
         for (namespace, workload), members in sorted(groups.items()):
             selection = Selection((workload,), members, policy.for_workload(namespace, workload), namespace)
-            out[(namespace, workload)] = self.decision(namespace, selection, now)
-        return out
+            yield (namespace, workload), self.decision(namespace, selection, now)
 
     def latency_targets(self, workloads: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
         """Each workload's ``latency_target_seconds`` (defaults plus its overrides), for ``/metrics``."""
@@ -190,8 +192,9 @@ class DualSignal:
         sums: dict[tuple[str, str], list[float]] = {}
         for series in self.store.all_series():
             acc = sums.setdefault((series.key.namespace, series.key.workload), [0.0, 0.0])
-            acc[0] += series.window_errors
-            acc[1] += series.window_count
+            count, errors = self.store.window_totals(series)
+            acc[0] += errors
+            acc[1] += count
         return {key: errors / count for key, (errors, count) in sums.items() if count >= 0.5}
 
     def canary_ratios(self, now: float) -> dict[tuple[str, str, str], float]:

@@ -103,15 +103,49 @@ class PayloadTooLarge(RequestError):
     code = 413
 
 
+class LimitExceeded(PayloadTooLarge):
+    """A 413 that names the limit it hit (the ``limit`` label of ``latency_adapter_limit_hits_total``)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class UnsupportedMediaType(RequestError):
     # Status has no dedicated reason for 415; BadRequest is what the apiserver uses for it too.
     reason = "BadRequest"
     code = 415
 
 
+class RequestTimeout(RequestError):
+    """The client did not send its body in time (a slow client holding a connection)."""
+
+    reason = "Timeout"
+    code = 408
+
+
+class Retryable(RequestError):
+    """An answer that tells the client to come back: it carries ``Retry-After`` (seconds)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyRequests(Retryable):
+    """Over a concurrency or back-pressure limit; the client should retry after ``retry_after`` s."""
+
+    reason = "TooManyRequests"
+    code = 429
+
+
 class ServiceUnavailable(RequestError):
     reason = "ServiceUnavailable"
     code = 503
+
+
+class ShuttingDown(Retryable, ServiceUnavailable):
+    """The process is stopping; another replica (or this one after its restart) will take the request."""
 
 
 class StatusInfo(NamedTuple):

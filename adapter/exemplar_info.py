@@ -115,7 +115,8 @@ class ExemplarInfo:
 
     @classmethod
     def from_settings(cls, settings: TraceSettings) -> ExemplarInfo:
-        return cls(settings.exemplar_info_interval_seconds, settings.exemplar_info_series_per_hour)
+        return cls(settings.exemplar_info_interval_seconds, settings.exemplar_info_series_per_hour,
+                   max_workloads=settings.exemplar_info_max_workloads)
 
     @property
     def series_created_last_hour(self) -> int:

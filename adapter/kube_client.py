@@ -35,6 +35,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from adapter.api.review_cache import scrub
 from adapter.errors import BadSelector
 from adapter.kube import (
     AccessDecision,
@@ -261,7 +262,7 @@ class KubernetesClusterAPI:
             message = f"{what}: no answer within {self._timeout:g}s"
             raise ClusterAPIError(message) from None
         except Exception as exc:
-            message = _redact(f"{what}: {_describe(exc, self._timeout)}", secret)
+            message = _redact(f"{what}: {_describe(exc, self._timeout, secret)}", secret)
             if secret:
                 # The client's exception text may include the response body, which echoes the token.
                 raise ClusterAPIError(message) from None
@@ -359,28 +360,32 @@ def _pod_usage(namespace: str, item: dict[str, Any]) -> tuple[str, float | None]
     return name, float(total)
 
 
-def _describe(exc: BaseException, timeout: float) -> str:
-    """One short line about why a call failed, without response bodies (they may echo the request)."""
+def _describe(exc: BaseException, timeout: float, secret: str = "") -> str:
+    """One short line about why a call failed, without response bodies (they may echo the request).
+
+    ``secret`` is redacted from every quoted text *before* it is shortened: a token cut in the middle by
+    the shortening would no longer match, and its first part would reach the log and the 503 message.
+    """
     if isinstance(exc, _BadAnswer):
-        return str(exc)
+        return _redact(str(exc), secret)
     if isinstance(exc, ApiException):
         status = int(exc.status or 0)
         if status == 0:  # the client wraps TLS failures as status 0 with "SSLError\n<text>"
-            return f"TLS failure talking to the API server: {_short(str(exc.reason or ''))}"
-        detail = _status_message(exc.body)
-        reason = str(exc.reason or "").strip()
+            return f"TLS failure talking to the API server: {_short(_redact(str(exc.reason or ''), secret))}"
+        detail = _status_message(exc.body, secret)
+        reason = _redact(str(exc.reason or "").strip(), secret)
         line = f"API server answered {status}{' ' + reason if reason else ''}"
         return f"{line}: {detail}" if detail else line
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        return _describe(exc.reason, timeout)
+        return _describe(exc.reason, timeout, secret)
     # Before the timeouts: urllib3's NewConnectionError (refused, no route, DNS) subclasses its
     # ConnectTimeoutError for historical reasons.
     if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
-        return f"cannot connect to the API server ({_short(str(exc).rsplit(': ', 1)[-1])})"
+        return f"cannot connect to the API server ({_short(_redact(str(exc), secret).rsplit(': ', 1)[-1])})"
     if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
         return f"no answer within {timeout:g}s"
     if isinstance(exc, urllib3.exceptions.SSLError):
-        return f"TLS failure talking to the API server: {_short(str(exc))}"
+        return f"TLS failure talking to the API server: {_short(_redact(str(exc), secret))}"
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
         return f"connection to the API server failed ({type(exc).__name__})"
     # Anything else (e.g. a malformed answer the client could not deserialise): the type is enough; its
@@ -388,8 +393,9 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return f"unexpected {type(exc).__name__}"
 
 
-def _status_message(body: Any) -> str:
-    """The ``message`` of a ``Status`` body, shortened; empty when the body is not a ``Status``."""
+def _status_message(body: Any, secret: str = "") -> str:
+    """The ``message`` of a ``Status`` body, ``secret`` redacted, then shortened; empty when the body is
+    not a ``Status``."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if not isinstance(body, str) or not body:
@@ -400,7 +406,7 @@ def _status_message(body: Any) -> str:
         return ""
     if not isinstance(document, dict) or document.get("kind") != "Status":
         return ""
-    return _short(str(document.get("message") or ""))
+    return _short(_redact(str(document.get("message") or ""), secret))
 
 
 def _short(text: str) -> str:
@@ -414,4 +420,5 @@ def _one_line(text: str) -> str:
 
 
 def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "<redacted>") if secret else text
+    """``text`` without ``secret`` or a recognisable part of it (:func:`adapter.api.review_cache.scrub`)."""
+    return scrub(text, secret)

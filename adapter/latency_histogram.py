@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
 from .model import Exemplar
+from .pacing import Pacer
 from .store import REQUEST_BUCKETS, Series, WindowStore, WindowView, WorkloadKey, WorkloadRequests
 
 NAME = "latency_adapter_workload_latency_seconds"
@@ -100,13 +101,39 @@ class LatencyHistogramCollector(Collector):
         #: Per workload, the exemplars of the last scrape by bucket index (timestamps kept from scrape to
         #: scrape while the same request is shown).
         self._shown: dict[WorkloadKey, dict[int, PromExemplar]] = {}
+        #: What scrapes show: built by :meth:`refresh` (or by a scrape when nothing refreshes).
+        self._family: HistogramMetricFamily | None = None
+        self._refreshed = False
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        now = self._clock()
+        """The family built by the last :meth:`refresh`; built now when nothing calls it (tests, tools)."""
+        if not self._refreshed or self._family is None:
+            for _ in self._build(self._clock()):
+                pass
+        assert self._family is not None
+        yield self._family
+
+    async def refresh(self, now: float, pacer: Pacer) -> None:
+        """Build the family for the next scrapes in turns (the service's ticker, once per slice).
+
+        With ten thousand workloads a scrape would otherwise hold the event loop for a second; built
+        here, the numbers a scrape shows are at most one slice old, which a ``rate()`` never notices.
+        """
+        for _ in self._build(now):
+            await pacer.turn()
+        self._refreshed = True
+
+    def _build(self, now: float) -> Iterator[None]:
+        """Build the family into ``self._family``; yields between workloads (pause points)."""
         store = self._store
         store.advance(now)
         series_of = store.workloads()
-        rows = store.request_counts()
+        rows: list[WorkloadRequests] = []
+        for row in store.iter_request_counts():
+            if row is None:
+                yield None
+            else:
+                rows.append(row)
         n = len(rows)
         if n <= self._budget:
             fresh = range(n)
@@ -129,8 +156,9 @@ class LatencyHistogramCollector(Collector):
                 exemplar = exemplars.get(j)
                 buckets.append((le, value) if exemplar is None else (le, value, exemplar))
             family.add_metric([counts.namespace, counts.workload], buckets, counts.seconds)
+            yield None
         self._shown = shown
-        yield family
+        self._family = family
 
     def _exemplars(self, workload: WorkloadKey, series: list[Series], now: float) -> dict[int, PromExemplar]:
         view = self._store.view(series, now=now) if series else None

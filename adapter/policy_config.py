@@ -394,8 +394,13 @@ def policy_from_mapping(doc: Mapping[Any, Any], base: PolicyConfig | None = None
 def _restart_view(settings: Settings) -> dict[str, Any]:
     """What a reload cannot change while running, by config file section."""
     return {"store": settings.store, "otlp": (settings.ingest, settings.receiver),
-            "log_level": settings.log_level, "cpu": settings.cpu, "traces": settings.traces,
-            "sources": settings.prometheus}
+            "cpu": settings.cpu, "traces": settings.traces, "sources": settings.prometheus,
+            "server": settings.server}
+
+
+def _live_view(settings: Settings) -> tuple[Any, ...]:
+    """The non-policy sections applied while running: ``limits`` and ``log_level``."""
+    return (settings.limits, settings.log_level)
 
 
 class PolicyWatcher:
@@ -403,9 +408,11 @@ class PolicyWatcher:
 
     The whole file goes through the same validation as at start (:func:`adapter.config.settings_from_bytes`),
     so a reload is refused for a bad key in any section. A refused reload keeps the running policy, is
-    logged once per bad content and counted in :attr:`reload_failures`. Sections other than the policy
-    (``store``, ``otlp``, ``cpu``, ``traces``, ``sources``, ``log_level``) are never applied live: a
-    change there is logged once as needing a restart and sets :attr:`restart_required`.
+    logged once per bad content and counted in :attr:`reload_failures`. ``limits`` and ``log_level`` are
+    applied live too, through :meth:`watch`'s ``apply_settings``, when they differ from the file's
+    previous valid content (so a ``--log-level`` flag stands until the file's own level changes). Other
+    sections (``store``, ``otlp``, ``cpu``, ``traces``, ``sources``, ``server``) are never applied
+    live: a change there is logged once as needing a restart and sets :attr:`restart_required`.
 
     The file is read once when the watcher is made: that content is the baseline for "needs a restart";
     if its policy already differs from ``current`` the first :meth:`check` returns it.
@@ -432,6 +439,10 @@ class PolicyWatcher:
         self._baseline: dict[str, Any] | None = None
         self._warned_view: dict[str, Any] | None = None
         self._pending: PolicyConfig | None = None
+        #: The live sections of the file's last valid content, and whether they changed since applied.
+        self._live: tuple[Any, ...] | None = None
+        self.settings: Settings | None = None
+        self.live_changed = False
         self._prime()
 
     # -- public -------------------------------------------------------------------------------------------
@@ -451,17 +462,26 @@ class PolicyWatcher:
             return None
         new = settings.policy
         self._note_restart_sections(settings)
+        self._note_live_sections(settings)
         changed = new != self.current
         self._applied(new, changed=changed, digest=digest)
         return new if changed else None
 
-    async def watch(self, apply: Callable[[PolicyConfig], None], interval: float = 2.0) -> None:
-        """Run :meth:`check` now and every ``interval`` seconds until cancelled; new ones go to ``apply``."""
+    async def watch(self, apply: Callable[[PolicyConfig], None], interval: float = 2.0,
+                    apply_settings: Callable[[Settings], None] | None = None) -> None:
+        """Run :meth:`check` now and every ``interval`` seconds until cancelled; new ones go to ``apply``.
+
+        ``apply_settings`` gets the whole new settings when their live sections changed.
+        """
         while True:
             try:
                 new = self.check()
                 if new is not None:
                     apply(new)
+                if self.live_changed and self.settings is not None:
+                    self.live_changed = False
+                    if apply_settings is not None:
+                        apply_settings(self.settings)
             except Exception:  # the watcher must outlive any surprise; serving goes on with what is loaded
                 log.exception("policy reload check failed",
                               extra={"fields": {"event": "policy_reload_error", "path": str(self.path)}})
@@ -479,6 +499,8 @@ class PolicyWatcher:
             return
         self._digest = digest
         self._baseline = _restart_view(settings)
+        self._live = _live_view(settings)
+        self.settings = settings
         if settings.policy != self.current:
             self._pending = settings.policy
 
@@ -535,6 +557,16 @@ class PolicyWatcher:
             "event": "policy_reloaded", "path": str(self.path), "sha256": (self._digest or "")[:16],
             "changed": changed, "workload_overrides": len(new.workloads), "canary_pairs": len(new.canaries),
             "reloads": self.reloads}})
+
+    def _note_live_sections(self, settings: Settings) -> None:
+        self.settings = settings
+        live = _live_view(settings)
+        if self._live is not None and live != self._live:
+            self.live_changed = True
+            log.info("live settings reloaded", extra={"fields": {
+                "event": "settings_reloaded", "path": str(self.path), "log_level": settings.log_level,
+                "limits": dataclasses.asdict(settings.limits)}})
+        self._live = live
 
     def _note_restart_sections(self, settings: Settings) -> None:
         view = _restart_view(settings)

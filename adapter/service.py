@@ -1,17 +1,26 @@
 """Wires the pieces into one running service: three listeners and the background tasks.
 
 One aiohttp application per listener (API on HTTPS, OTLP receiver, operations), each started with its
-own ``AppRunner``; background work (closing slices on time, the insecure-mode reminder) runs in tasks
-owned by :class:`Service` and cancelled on stop. Port 0 picks a free port; the ports actually bound are
-logged in one ``listening`` line, which is also how tests and scripts find them.
+own ``AppRunner`` behind the connection bounds of :mod:`adapter.api.connections`; background work
+(closing slices on time, reloads, the insecure-mode reminder) runs in tasks owned by :class:`Service`
+and cancelled on stop. Port 0 picks a free port; the ports actually bound are logged in one
+``listening`` line, which is also how tests and scripts find them.
+
+Stopping (SIGTERM from the kubelet, or Ctrl-C) is graceful and bounded, see :meth:`Service.shutdown`:
+readiness goes false at once, new OTLP requests get 503 + ``Retry-After``, accepted batches are
+applied, open API requests finish, and the process exits within ``server.shutdown_timeout_seconds``
+(20 s, below Kubernetes' 30 s grace period). Its last log line is ``{"event": "shutdown", ...}`` with
+the totals it applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
@@ -22,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .api.connections import BoundedTCPSite, ConnectionGuard
+from .api.connections import runner_options as runner_options_for
 from .api.ops import build_ops_app
 from .api.routes import build_api_app
 from .api.security import SecureParts, build_secure, build_tls, in_cluster
@@ -29,15 +40,25 @@ from .config import Settings
 from .cpu import CpuSignals
 from .errors import ConfigError
 from .exemplar_info import ExemplarInfo, ExemplarInfoCollector, P95TraceIds
+from .limits import (
+    LimitHits,
+    LimitSettings,
+    MemoryWatch,
+    cgroup_memory_limit,
+    memory_budget,
+    raise_open_file_limit,
+)
+from .pacing import Pacer
+from .policy import Decision
 from .policy_config import PolicyConfig, PolicyWatcher
 from .provider import MetricsProvider
 from .self_tracing import SelfTracing, install_log_filter
 from .sources.kubernetes import KubernetesCpuSource
-from .sources.otlp import OTLP_RUNNER_OPTIONS, build_otlp_app
+from .sources.otlp import OTLP_RUNNER_OPTIONS, OtlpReceiver, build_otlp_app, receiver_key
 from .sources.otlp_ingest import OtlpIngestor
 from .sources.prometheus import PrometheusCache, PrometheusSource
 from .store import WindowStore
-from .telemetry import Telemetry
+from .telemetry import Telemetry, set_log_level
 
 if TYPE_CHECKING:
     from .kube_client import KubernetesClusterAPI
@@ -67,13 +88,29 @@ def _port_of(site: web.TCPSite) -> int:
     raise RuntimeError("listener has no socket")
 
 
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a graceful stop did: the fields of the last log line."""
+
+    spans_accepted: int
+    points_accepted: int
+    seconds: float
+    clean: bool
+
+
 class Service:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
         self.store = WindowStore(settings.store)
         self.telemetry = Telemetry(self.store)
-        self.telemetry.watch_latency(clock)  # latency_adapter_workload_latency_seconds with exemplars
+        #: The live ``limits`` section (replaced when the config file changes) and every limit hit.
+        self.limits: LimitSettings = settings.limits
+        self.hits = LimitHits()
+        self.memory = MemoryWatch(memory_budget(settings.limits.memory_budget_bytes, cgroup_memory_limit()))
+        self.receiver: OtlpReceiver | None = None
+        #: latency_adapter_workload_latency_seconds with exemplars, rebuilt by the ticker once per slice.
+        self.latency_histogram = self.telemetry.watch_latency(clock)
         #: latency_adapter_p95_exemplar_info (config traces.exemplar_info); None when off: no series, no work.
         self.exemplar_info: ExemplarInfo | None = None
         if settings.traces.exemplar_info:
@@ -131,26 +168,34 @@ class Service:
         if self.tracing is not None:
             install_log_filter()  # JSON log lines written inside a traced request carry its trace_id
         tracing = self.tracing
+        limits = self._current_limits
         api_app = build_api_app(self.provider, self.telemetry, guard,
-                                middlewares=tracing.middlewares("api") if tracing else ())
+                                middlewares=tracing.middlewares("api") if tracing else (),
+                                limits=limits, hits=self.hits)
         context = tls.context
         self._tasks.append(asyncio.create_task(tls.watch(), name="tls-watch"))
-        api = await self._listen(api_app, s.api_port, context)
-        otlp = await self._listen(build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock,
-                                                 middlewares=tracing.middlewares("otlp") if tracing else ()),
-                                  s.otlp_port, runner_options=OTLP_RUNNER_OPTIONS)
+        api = await self._listen("api", api_app, s.api_port, context)
+        otlp_app = build_otlp_app(self.ingestor, self.telemetry, s.receiver, self.clock,
+                                  middlewares=tracing.middlewares("otlp") if tracing else (),
+                                  limits=limits, hits=self.hits, memory=self.memory)
+        self.receiver = receiver = otlp_app[receiver_key]
+        self.telemetry.watch_limits(self.hits, self.memory, lambda: receiver.inflight)
+        otlp = await self._listen("otlp", otlp_app, s.otlp_port, runner_options=OTLP_RUNNER_OPTIONS)
         if tracing is not None:
             tracing.guard_own_receiver(otlp, s.bind)  # no receiver spans for our own exports
-        ops = await self._listen(build_ops_app(self.telemetry, self.store, lambda: self._ready, self.clock,
-                                               provider=self.provider, traces=s.traces),
+        debug = {"on": True, "off": False}.get(s.server.debug_endpoints, s.insecure_no_auth)
+        ops = await self._listen("ops", build_ops_app(self.telemetry, self.store, lambda: self._ready,
+                                                      self.clock, provider=self.provider, traces=s.traces,
+                                                      debug=debug),
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
         self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))
         if s.config_path is not None:
             self.policy_watcher = PolicyWatcher(s.config_path, s.policy)
             self.telemetry.watch_policy(self.policy_watcher)
-            self._tasks.append(asyncio.create_task(self.policy_watcher.watch(self._apply_policy),
-                                                   name="policy-watch"))
+            self._tasks.append(asyncio.create_task(
+                self.policy_watcher.watch(self._apply_policy, apply_settings=self._apply_settings),
+                name="policy-watch"))
         self._start_cpu_source()
         if self.prometheus is not None:
             self.telemetry.watch_prometheus(self.prometheus)
@@ -161,11 +206,21 @@ class Service:
         log.info("listening", extra={"fields": {
             "event": "listening", "bind": s.bind, "api_port": api, "otlp_port": otlp,
             "telemetry_port": ops, "insecure_no_auth": s.insecure_no_auth,
-            "window_seconds": s.store.window_seconds, "slice_seconds": s.store.slice_seconds}})
+            "window_seconds": s.store.window_seconds, "slice_seconds": s.store.slice_seconds,
+            "memory_budget_bytes": self.memory.budget_bytes, "debug_endpoints": debug}})
         return self.ports
+
+    def _current_limits(self) -> LimitSettings:
+        return self.limits
 
     def _apply_policy(self, policy: PolicyConfig) -> None:
         self.policy = policy
+
+    def _apply_settings(self, settings: Settings) -> None:
+        """The live sections of a changed config file: ``limits`` and ``log_level``."""
+        self.limits = settings.limits
+        self.memory.budget_bytes = memory_budget(settings.limits.memory_budget_bytes, cgroup_memory_limit())
+        set_log_level(settings.log_level)
 
     def _start_cpu_source(self) -> None:
         """Poll workload CPU from the Kubernetes API when there is one (``cpu.source``, ``--kubeconfig``)."""
@@ -204,12 +259,17 @@ class Service:
             found.update({(pair.namespace, pair.canary), (pair.namespace, pair.baseline)})
         return sorted(found)
 
-    async def _listen(self, app: web.Application, port: int, ssl_context: object = None,
+    async def _listen(self, name: str, app: web.Application, port: int, ssl_context: object = None,
                       runner_options: dict[str, Any] | None = None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, **(runner_options or {}))
+        server = self.settings.server
+        options = {**runner_options_for(server, name, self.hits), **(runner_options or {})}
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=server.shutdown_timeout_seconds, **options)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
-                           reuse_address=True, backlog=1024)
+        assert runner.server is not None
+        ConnectionGuard(name, server, self.hits).install(runner.server)
+        site = BoundedTCPSite(runner, self.settings.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+                              handshake_timeout=server.header_timeout_seconds)
         await site.start()
         self._runners.append(runner)
         return _port_of(site)
@@ -224,17 +284,26 @@ class Service:
             try:
                 now = self.clock()
                 self.store.advance(now)
+                pacer = Pacer()  # ten thousand series are seconds of work: in turns, never in one block
+                for _ in self.store.sweep(step=32):
+                    await pacer.turn()
                 self.telemetry.sync_store_counters()
-                self._publish_decisions(now)
+                await self._publish_decisions(now, pacer)
+                await self.latency_histogram.refresh(now, pacer)
                 if self.exemplar_info is not None:  # trace ids are computed lazily, only where needed
                     self.exemplar_info.update(now, P95TraceIds(self.store, now))
+                    if self.exemplar_info.left_out:
+                        self.hits.hit("info_workloads", self.exemplar_info.left_out)
             except Exception:  # keep ticking: a bug here must not freeze every window
                 log.exception("slice ticker failed")
 
-    def _publish_decisions(self, now: float) -> None:
+    async def _publish_decisions(self, now: float, pacer: Pacer) -> None:
         """Evaluate the policy for every workload once per slice: ``/metrics`` and a log line per change."""
         dual = self.provider.dual
-        decisions = dual.all_decisions(now)
+        decisions: dict[tuple[str, str], Decision | None] = {}
+        for key, decision in dual.iter_decisions(now):
+            decisions[key] = decision
+            await pacer.turn()
         self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_ratios(now),
                                         dual.latency_targets(decisions))
         reasons = {key: (d.reason if d is not None else "none") for key, d in decisions.items()}
@@ -258,6 +327,43 @@ class Service:
                 "authorisation (--insecure-no-auth); never run this way in a cluster",
                 extra={"fields": {"event": "insecure_no_auth"}})
             await asyncio.sleep(INSECURE_REMINDER_SECONDS)
+
+    def begin_shutdown(self) -> None:
+        """The first step of stopping, at once: not ready, and new OTLP requests get 503."""
+        self._ready = False
+        if self.receiver is not None:
+            self.receiver.draining = True
+
+    async def shutdown(self, signal_name: str = "SIGTERM") -> ShutdownReport:
+        """Stop gracefully within ``server.shutdown_timeout_seconds``; the caller logs the report.
+
+        Readiness is false and OTLP refuses new requests from the first instant; the API keeps serving
+        for ``server.shutdown_delay_seconds`` (the aggregator and endpoints catch up meanwhile); then the
+        listeners close, requests already accepted finish (their batches are applied before their 200),
+        and background tasks stop. Whatever is still running at the bound is abandoned.
+        """
+        started = time.monotonic()
+        server = self.settings.server
+        self.begin_shutdown()
+        log.info("stopping", extra={"fields": {
+            "event": "stopping", "signal": signal_name,
+            "delay_seconds": server.shutdown_delay_seconds,
+            "timeout_seconds": server.shutdown_timeout_seconds}})
+        clean = True
+        try:
+            async with asyncio.timeout(server.shutdown_timeout_seconds - 0.5):
+                if server.shutdown_delay_seconds > 0:
+                    await asyncio.sleep(server.shutdown_delay_seconds)
+                await self.stop()
+        except TimeoutError:
+            clean = False
+            log.error("shutdown did not finish in time; exiting anyway", extra={"fields": {
+                "event": "shutdown_timeout", "timeout_seconds": server.shutdown_timeout_seconds}})
+        receiver = self.receiver
+        return ShutdownReport(
+            spans_accepted=receiver.accepted["traces"] if receiver else 0,
+            points_accepted=receiver.accepted["metrics"] if receiver else 0,
+            seconds=round(time.monotonic() - started, 3), clean=clean)
 
     async def stop(self) -> None:
         self._ready = False
@@ -331,14 +437,29 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop listeners and tasks cleanly."""
+    """Run until SIGINT or SIGTERM, then stop gracefully (:meth:`Service.shutdown`) within the bound.
+
+    A second signal while stopping exits at once. A watchdog thread ends the process at the bound
+    even if something (a thread blocked in a client call, say) would hold the interpreter's exit.
+    """
+    raise_open_file_limit()
     service = Service(settings)
     ports = await service.start()
     tune_gc()
     stop = asyncio.Event()
+    received: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:
+            log.warning("second signal while stopping; exiting now", extra={"fields": {
+                "event": "shutdown_forced", "signal": sig.name}})
+            os._exit(1)
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     demo_stop = threading.Event()
     demo_thread = None
     if settings.demo:
@@ -347,9 +468,21 @@ async def serve(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("stopping", extra={"fields": {"event": "stopping"}})
+        bound = settings.server.shutdown_timeout_seconds
+        watchdog = threading.Timer(bound, _exit_at_bound, args=(bound,))
+        watchdog.daemon = True
+        watchdog.start()
+        service.begin_shutdown()
         demo_stop.set()
         if demo_thread is not None:
-            await asyncio.to_thread(demo_thread.join, 10)
-        await service.stop()
-        log.info("stopped", extra={"fields": {"event": "stopped"}})
+            await asyncio.to_thread(demo_thread.join, min(5.0, bound / 4))
+        report = await service.shutdown(received[0] if received else "cancelled")
+        # The last line the process writes: what it applied, for reconciling with what clients sent.
+        log.info("stopped", extra={"fields": {"event": "shutdown", **dataclasses.asdict(report)}})
+        logging.shutdown()
+
+
+def _exit_at_bound(bound: float) -> None:
+    log.error("shutdown bound reached; exiting", extra={"fields": {
+        "event": "shutdown_timeout", "timeout_seconds": bound}})
+    os._exit(1)

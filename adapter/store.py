@@ -12,7 +12,11 @@ step reaches the served p95 within a second or two instead of waiting for its sl
 
 Each series keeps a merged window sketch that is updated incrementally when a slice closes (the new
 slice is added, the one that left the window is subtracted) and rebuilt from its slices once per
-window so rounding never accumulates. Memory per active series is the ring of float32 slice sketches
+window so rounding never accumulates. Closing a slice is O(1) for the store (the epoch moves); each
+series catches up to the epoch on its own (``Series.epoch``), either when it is read or written or
+when :meth:`WindowStore.sweep` reaches it. The sweep visits every series once per slice in steps, so
+the service can spread the work of ten thousand series over many turns of its event loop instead of
+holding it for a second. Memory per active series is the ring of float32 slice sketches
 plus one float64 window sketch: about 30 KiB for a typical latency distribution (``make bench`` prints
 the figure).
 
@@ -38,7 +42,7 @@ Length: about 650 lines; slices, series and windows are one data structure with 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,10 +184,13 @@ _OVERHEAD = {
 class Series:
     """The ring of slices of one series plus its merged window."""
 
-    __slots__ = ("covered_from", "key", "ring", "window", "window_count", "window_errors")
+    __slots__ = ("covered_from", "epoch", "key", "ring", "window", "window_count", "window_errors")
 
-    def __init__(self, key: SeriesKey, slots: int, relative_accuracy: float, first_seen: float) -> None:
+    def __init__(self, key: SeriesKey, slots: int, relative_accuracy: float, first_seen: float,
+                 epoch: int | None = None) -> None:
         self.key = key
+        #: The store epoch this series' window reflects (it catches up lazily, see the module doc).
+        self.epoch = epoch
         self.ring: list[Slice | None] = [None] * slots
         self.window = LatencySketch(relative_accuracy, np.float64)
         self.window_count = 0.0
@@ -280,6 +287,10 @@ class WindowStore:
         self._series: dict[SeriesKey, Series] = {}
         self._per_namespace: dict[str, int] = {}
         self.epoch: int | None = None  # id of the last closed slice
+        #: The epoch the last complete :meth:`sweep` started at (series that emptied before it are gone).
+        self._swept_epoch: int | None = None
+        #: Times closed slices moved into the request counts (see :meth:`iter_request_counts`).
+        self._moves = 0
         self.dropped: dict[str, int] = {"series_cap": 0, "namespace_series_cap": 0}
         self.rolls = 0
         # Request counts per workload (module docstring); _departed: workloads without series, by the
@@ -301,35 +312,75 @@ class WindowStore:
         return math.floor(now / self.settings.slice_seconds)
 
     def advance(self, now: float) -> bool:
-        """Close the slices that ended before ``now`` and move every window. True when the epoch moved.
+        """Close the slices that ended before ``now``. True when the epoch moved.
 
         Called before every write and by the service's ticker, so windows move even when no data comes.
+        O(1) in the number of series: each series' window follows on its next read, write or sweep.
         """
         epoch = self.slice_id(now) - 1
         if self.epoch is not None and epoch <= self.epoch:
             return False
-        previous = self.epoch
         self.epoch = epoch
         self.rolls += 1
-        n = self.settings.slices
-        rebuild_every = n
-        for key in list(self._series):
-            series = self._series[key]
-            if previous is None or epoch - previous > n or (epoch + hash(key)) % rebuild_every == 0:
-                self._rebuild(series, epoch)
-            else:
-                for s in series.slices_in(previous + 1, epoch):
-                    self._window_add(series, s, 1.0)
-                for s in series.slices_in(previous - n + 1, epoch - n):
-                    self._window_add(series, s, -1.0)
-            if previous is not None:
-                self._count_closed(series, previous + 1, epoch)
-            self._drop_expired(series, epoch - n)
-            # Counts are whole requests; < 0.5 is an empty window whatever float rounding left behind.
-            if series.window_count < 0.5 and not series.slices_in(epoch + 1, epoch + 1):
-                self._remove(key)
         self._forget_departed(epoch)
         return True
+
+    def sweep(self, step: int = 256) -> Iterable[int]:
+        """Bring every series to the epoch and remove those whose window emptied, ``step`` at a time.
+
+        A generator: it yields the number of series done after each step, so a caller on an event loop
+        can let other work run in between (data written meanwhile is not lost: a series written or read
+        before its turn catches up first). Run once per slice by the service's ticker.
+        """
+        done = 0
+        started_at = self.epoch
+        for key in list(self._series):
+            series = self._series.get(key)
+            if series is None:
+                continue
+            self._sync(series)
+            # Counts are whole requests; < 0.5 is an empty window whatever float rounding left behind.
+            open_id = (series.epoch if series.epoch is not None else -1) + 1
+            if series.window_count < 0.5 and not series.slices_in(open_id, open_id):
+                self._remove(key)
+            done += 1
+            if done % step == 0:
+                yield done
+        self._swept_epoch = started_at
+        yield done
+
+    def sync_all(self) -> None:
+        """:meth:`sweep` in one go (tests, tools and anything not on an event loop)."""
+        for _ in self.sweep():
+            pass
+
+    def _sync(self, series: Series) -> None:
+        """Move ``series``' window to the store's epoch: add closed slices, subtract expired ones."""
+        epoch = self.epoch
+        previous = series.epoch
+        if epoch is None or previous == epoch:
+            return
+        series.epoch = epoch
+        n = self.settings.slices
+        moved = n + 1 if previous is None else epoch - previous
+        # Rebuilt when it fell a window behind, and once per window otherwise (an epoch e in
+        # (previous, epoch] with (e + hash) % n == 0), so float rounding never accumulates.
+        if moved > n or (epoch + hash(series.key)) % n < moved:
+            self._rebuild(series, epoch)
+        else:
+            assert previous is not None
+            for s in series.slices_in(previous + 1, epoch):
+                self._window_add(series, s, 1.0)
+            for s in series.slices_in(previous - n + 1, epoch - n):
+                self._window_add(series, s, -1.0)
+        if previous is not None:
+            self._count_closed(series, previous + 1, epoch)
+        self._drop_expired(series, epoch - n)
+
+    def window_totals(self, series: Series) -> tuple[float, float]:
+        """(requests, errors) in ``series``' closed window, brought up to the epoch first."""
+        self._sync(series)
+        return series.window_count, series.window_errors
 
     def _window_add(self, series: Series, s: Slice, sign: float) -> None:
         s.freeze()
@@ -358,6 +409,7 @@ class WindowStore:
         closed = series.slices_in(first, last)
         if not closed:
             return
+        self._moves += 1
         counts = self._requests[(series.key.namespace, series.key.workload)]
         for s in closed:
             le, seconds = self._bucket_counts(*s.parts())
@@ -408,6 +460,8 @@ class WindowStore:
             series = self._admit(key, now)
             if series is None:
                 return None
+        elif series.epoch != self.epoch:
+            self._sync(series)  # the slot written next may hold a slice the window must still drop
         slot = current % len(series.ring)
         s = series.ring[slot]
         if s is None or s.slice_id != current:
@@ -415,6 +469,10 @@ class WindowStore:
         return s
 
     def _admit(self, key: SeriesKey, now: float) -> Series | None:
+        if self._swept_epoch != self.epoch and (
+                len(self._series) >= self.settings.max_series
+                or self._per_namespace.get(key.namespace, 0) >= self.settings.max_series_per_namespace):
+            self.sync_all()  # at a cap: free what expired first (at most one full sweep per slice)
         if len(self._series) >= self.settings.max_series:
             self.dropped["series_cap"] += 1
             return None
@@ -422,7 +480,7 @@ class WindowStore:
         if in_ns >= self.settings.max_series_per_namespace:
             self.dropped["namespace_series_cap"] += 1
             return None
-        series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, now)
+        series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, now, self.epoch)
         self._series[key] = series
         self._per_namespace[key.namespace] = in_ns + 1
         workload = (key.namespace, key.workload)
@@ -556,29 +614,48 @@ class WindowStore:
         Between two calls a workload's numbers never go down (a slice's counts move from the open part
         to the closed part when it closes); a workload is absent once its retention ran out.
         """
-        opened: dict[WorkloadKey, tuple[np.ndarray[Any, np.dtype[np.float64]], float, float]] = {}
-        if self.epoch is not None:
+        return [row for row in self.iter_request_counts() if row is not None]
+
+    def iter_request_counts(self, step: int = 64) -> Iterator[WorkloadRequests | None]:
+        """:meth:`request_counts` with a ``None`` every ``step`` series read, where a caller on an event
+        loop may pause, then every workload's counts.
+
+        Consistency across pauses: a slice counted here as not yet closed must not also be counted as
+        closed. A series catching up meanwhile moves closed slices into the workload counts, so when any
+        did, the pass is redone without pausing; the workload counts are then read in one go.
+        """
+        pending: dict[WorkloadKey, tuple[np.ndarray[Any, np.dtype[np.float64]], float, float]] = {}
+        while self.epoch is not None:
+            moves = self._moves
             open_id = self.epoch + 1
-            for key, series in self._series.items():
-                s = series.ring[open_id % len(series.ring)]
-                if s is None or s.slice_id != open_id or s.count <= 0:
-                    continue
-                le, seconds = self._bucket_counts(*s.parts())
-                owner = (key.namespace, key.workload)
-                before = opened.get(owner)
-                if before is not None:
-                    le, seconds, count = le + before[0], seconds + before[1], s.count + before[2]
-                else:
-                    count = s.count
-                opened[owner] = (le, seconds, count)
-        out = []
+            pending = {}
+            for i, (key, series) in enumerate(list(self._series.items())):
+                if i % step == step - 1:
+                    yield None
+                # The open slice, and the closed ones this series has not counted yet.
+                since = open_id if series.epoch is None else series.epoch + 1
+                for s in series.slices_in(since, open_id):
+                    if s.count <= 0:
+                        continue
+                    le, seconds = self._bucket_counts(*s.parts())
+                    owner = (key.namespace, key.workload)
+                    before = pending.get(owner)
+                    if before is not None:
+                        le, seconds, count = le + before[0], seconds + before[1], s.count + before[2]
+                    else:
+                        count = s.count
+                    pending[owner] = (le, seconds, count)
+            if self._moves == moves and open_id == self.epoch + 1:
+                break
+            step = 1 << 62  # something closed meanwhile: once more, without pausing
+        rows = []
         for (namespace, workload), counts in self._requests.items():
             le, seconds, count = counts.le, counts.seconds, counts.count
-            extra = opened.get((namespace, workload))
+            extra = pending.get((namespace, workload))
             if extra is not None:
                 le, seconds, count = le + extra[0], seconds + extra[1], count + extra[2]
-            out.append(WorkloadRequests(namespace, workload, tuple(le.tolist()), count, seconds))
-        return out
+            rows.append(WorkloadRequests(namespace, workload, tuple(le.tolist()), count, seconds))
+        yield from rows
 
     def view(self, series: Sequence[Series], now: float | None = None) -> WindowView | None:
         """Merge the windows of ``series`` into one view; None when they hold no requests.
@@ -592,6 +669,9 @@ class WindowStore:
         """
         if self.epoch is None:
             return None
+        for one in series:
+            if one.epoch != self.epoch:
+                self._sync(one)
         open_id = self.epoch + 1
         opened = {}
         if now is not None:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .latency_histogram import LatencyHistogramCollector
+from .limits import LIMITS, LimitHits, MemoryWatch
 from .policy import Decision
 from .store import WindowStore
 
@@ -118,6 +119,41 @@ class _PolicyCollector(Collector):
                                     "applies only at the next start.")
         restart.add_metric([], 1.0 if w.restart_required else 0.0)
         yield restart
+
+
+#: Store drop counters that are limits hits, by limit name.
+_STORE_LIMITS = {"series_total": "series_cap", "series_namespace": "namespace_series_cap"}
+
+
+class _LimitCollector(Collector):
+    """Every limit hit (one counter for all of them), the memory budget and the ingest queue."""
+
+    def __init__(self, hits: LimitHits, store: WindowStore, memory: MemoryWatch,
+                 otlp_inflight: Callable[[], int]) -> None:
+        self._hits = hits
+        self._store = store
+        self._memory = memory
+        self._otlp_inflight = otlp_inflight
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        hits = CounterMetricFamily(
+            "latency_adapter_limit_hits",
+            "Times a limit was hit, by limit (adapter.limits.LIMITS says what each one answers).",
+            labels=["limit"])
+        for limit in LIMITS:
+            store_key = _STORE_LIMITS.get(limit)
+            n = self._store.dropped.get(store_key, 0) if store_key else self._hits.counts[limit]
+            hits.add_metric([limit], n)
+        yield hits
+        budget = GaugeMetricFamily(
+            "latency_adapter_memory_budget_bytes",
+            "Resident memory above which OTLP answers 429 (limits.memory_budget_bytes).")
+        budget.add_metric([], self._memory.budget_bytes)
+        yield budget
+        queue = GaugeMetricFamily("latency_adapter_otlp_inflight_requests",
+                                  "OTLP requests being received or applied now (the ingest queue).")
+        queue.add_metric([], self._otlp_inflight())
+        yield queue
 
 
 class _CpuSourceCollector(Collector):
@@ -260,13 +296,19 @@ class Telemetry:
         self._store = store
         self._dropped_seen: dict[str, int] = {}
 
-    def watch_latency(self, clock: Callable[[], float]) -> None:
+    def watch_latency(self, clock: Callable[[], float]) -> LatencyHistogramCollector:
         """Export ``latency_adapter_workload_latency_seconds`` with exemplars from the store (once)."""
-        self.registry.register(LatencyHistogramCollector(self._store, clock))
+        collector = LatencyHistogramCollector(self._store, clock)
+        self.registry.register(collector)
+        return collector
 
     def watch_policy(self, watcher: PolicyWatcher) -> None:
         """Export the policy file watcher's reload counters."""
         self.registry.register(_PolicyCollector(watcher))
+
+    def watch_limits(self, hits: LimitHits, memory: MemoryWatch, otlp_inflight: Callable[[], int]) -> None:
+        """Export ``latency_adapter_limit_hits_total{limit}``, the memory budget and the ingest queue."""
+        self.registry.register(_LimitCollector(hits, self._store, memory, otlp_inflight))
 
     def watch_cpu_source(self, source: KubernetesCpuSource) -> None:
         """Export the Kubernetes CPU poller's counters (called when the poller runs)."""
@@ -336,5 +378,10 @@ def setup_logging(level: str = "info") -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """Change the level of every adapter log line (at start, and live when the config file changes)."""
+    logging.getLogger().setLevel(level.upper())
 

@@ -22,13 +22,16 @@ class TraceSettings:
 
     ``exemplar_info``: publish ``latency_adapter_p95_exemplar_info``; ``exemplar_info_interval_seconds``:
     a workload's series is replaced at most this often; ``exemplar_info_series_per_hour``: the global
-    budget of new series in any rolling hour (over it, rotation stops and is counted).
+    budget of new series in any rolling hour (over it, rotation stops and is counted);
+    ``exemplar_info_max_workloads``: workloads with a series at once (a memory bound; the rest are left
+    out and counted).
     """
 
     url_template: str = ""
     exemplar_info: bool = True
     exemplar_info_interval_seconds: float = 60.0
     exemplar_info_series_per_hour: int = 5000
+    exemplar_info_max_workloads: int = 10_000
 
 
 def check_url_template(key: str, template: str) -> str:

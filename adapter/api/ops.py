@@ -6,15 +6,22 @@ current values, CPU and dual-signal decision, and a link to the trace behind eac
 place to look when an HPA says a metric is missing or scales for a reason nobody expected. It answers
 JSON (the default, and ``?format=json``) or one HTML page when the client prefers ``text/html`` (a
 browser) or asks ``?format=html``; the shapes are described in :mod:`adapter.api.debug_page`.
+
+The operations port is plain HTTP with no authentication (Prometheus and the kubelet use it), and the
+debug page shows workload names, routes and trace ids, so ``/debug/*`` is off unless asked for
+(``server.debug_endpoints``, ``--debug-endpoints``; on by default only with ``--insecure-no-auth``). When
+off it answers 404 saying how to turn it on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from ..provider import MetricsProvider
 from ..store import WindowStore
@@ -26,11 +33,22 @@ from .debug_page import HTML_HEADERS, collect, render_html, to_json, wants_html
 _DEBUG_HEADERS = {"Vary": "Accept", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
+class _Collected:
+    """Metric families already collected, in the shape the exposition functions read (``collect()``)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
 def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool],
                   clock: Callable[[], float], *, provider: MetricsProvider | None = None,
-                  traces: TraceSettings | None = None) -> web.Application:
+                  traces: TraceSettings | None = None, debug: bool = True) -> web.Application:
     """The operations app. ``provider`` (on ``store``) gives ``/debug/workloads`` its CPU and decisions
-    (without one, a provider with no CPU data and the default policy is used); ``traces`` its links."""
+    (without one, a provider with no CPU data and the default policy is used); ``traces`` its links;
+    ``debug`` False turns ``/debug/*`` off."""
     if provider is None:
         provider = MetricsProvider(store, clock)
     if provider.store is not store:
@@ -42,7 +60,10 @@ def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], 
     async def metrics(request: web.Request) -> web.Response:
         telemetry.sync_store_counters()
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(telemetry.registry)
+        # Collected on the loop (collectors read live state), written out in a thread: with thousands
+        # of workloads the text is most of a scrape's cost, and the API must not wait for it.
+        families = _Collected(list(telemetry.registry.collect()))
+        body = await asyncio.to_thread(encoder, families)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -54,6 +75,10 @@ def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], 
         return web.Response(status=503, text="not ready")
 
     async def workloads(request: web.Request) -> web.Response:
+        if not debug:
+            return web.Response(status=404, text="the debug endpoints are off; turn them on with "
+                                "--debug-endpoints on (config server.debug_endpoints)\n",
+                                headers=_DEBUG_HEADERS)
         try:
             html = wants_html(request.headers.get("Accept", ""), request.query.get("format"))
         except ValueError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,9 +38,35 @@ LOG_EVERY_SECONDS = 10.0
 REFRESH_AHEAD_AT = 0.8
 
 
+#: Where :func:`scrub` cuts a text into words: blanks, quotes, brackets, separators and escapes.
+_WORD = re.compile(r"""[^\s"'`<>()\[\]{},;\\]+""")
+#: A word sharing this many consecutive characters with the secret is taken for (part of) the secret.
+SCRUB_WINDOW = 8
+
+
 def scrub(text: str, secret: str) -> str:
-    """``text`` without ``secret``: an API error message must never carry the token into a log or response."""
-    return text.replace(secret, "<redacted>") if secret else text
+    """``text`` without ``secret`` nor any recognisable part of it, for a log line or a response.
+
+    Why more than ``str.replace``: what an API server or client library says about a token is not always
+    the token verbatim. It may be quoted with escapes (Python's ``repr``, Go's ``%q``: a token with a quote,
+    a backslash or a non-UTF-8 byte no longer matches), cut short by a length limit (leaving its first
+    part), or glued to a label (``token=...``). So every word of ``text`` that shares
+    :data:`SCRUB_WINDOW` consecutive characters with ``secret`` is replaced too. Tokens are long random
+    strings, so an ordinary word of a message practically never matches.
+    """
+    if not secret or not text:
+        return text
+    text = text.replace(secret, "<redacted>")
+    width = min(SCRUB_WINDOW, len(secret))
+    pieces = {secret[i : i + width] for i in range(len(secret) - width + 1)}
+
+    def redact(match: re.Match[str]) -> str:
+        word = match.group(0)
+        if any(word[i : i + width] in pieces for i in range(len(word) - width + 1)):
+            return "<redacted>"
+        return word
+
+    return _WORD.sub(redact, text)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,17 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ..errors import BadRequest, MethodNotAllowed, NotFoundPath, RequestError, quote, status_of
+from ..errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFoundPath,
+    RequestError,
+    Retryable,
+    TooManyRequests,
+    quote,
+    status_of,
+)
+from ..limits import LimitHits, LimitSettings
 from ..model import Reading
 from ..provider import MetricsProvider
 from ..selector import parse_selector
@@ -46,9 +56,15 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 class ApiHandlers:
     """The handlers, with the caches of static documents and rendered values they share."""
 
-    def __init__(self, provider: MetricsProvider, telemetry: Telemetry, guard: RequestGuard | None) -> None:
+    def __init__(self, provider: MetricsProvider, telemetry: Telemetry, guard: RequestGuard | None,
+                 limits: Callable[[], LimitSettings] = LimitSettings, hits: LimitHits | None = None) -> None:
         self.provider = provider
         self.telemetry = telemetry
+        #: The live ``limits`` section (re-read per request: a config reload applies at once).
+        self.limits = limits
+        self.hits = hits or LimitHits()
+        #: Requests being handled now (they wait only on access reviews, so this is the review backlog).
+        self.inflight = 0
         #: None only with --insecure-no-auth: then nobody is asked who they are.
         self.guard = guard
         self._group_list = wire.api_group_list()
@@ -76,7 +92,29 @@ class ApiHandlers:
                 "event": "api_error", "path": request.path_qs[:512]}})
         self.telemetry.api_requests.labels(route, str(code)).observe(time.perf_counter() - started)
         self.telemetry.api_rejected.labels(reason).inc()
-        return web.Response(status=code, body=wire.status(code, reason, message), content_type=JSON)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Retryable) else None
+        return web.Response(status=code, body=wire.status(code, reason, message), content_type=JSON,
+                            headers=headers)
+
+    def limited(self, route: str, handler: Handler) -> Handler:
+        """``handler`` behind ``limits.max_concurrent_requests``: beyond it, 429 with ``Retry-After``.
+
+        Like kube-apiserver's max-in-flight limit: a backlog of access reviews (a slow API server) must
+        not pile up requests, and their memory, without bound.
+        """
+        async def bounded(request: web.Request) -> web.Response:
+            limits = self.limits()
+            if self.inflight >= limits.max_concurrent_requests:
+                self.hits.hit("concurrent_requests")
+                return self._fail(request, route, time.perf_counter(), TooManyRequests(
+                    f"more than {limits.max_concurrent_requests} requests in flight "
+                    "(limits.max_concurrent_requests); retry shortly", limits.retry_after_seconds))
+            self.inflight += 1
+            try:
+                return await handler(request)
+            finally:
+                self.inflight -= 1
+        return bounded
 
     async def _discovery(self, request: web.Request, route: str, body: bytes) -> web.Response:
         started = time.perf_counter()
@@ -142,10 +180,10 @@ class ApiHandlers:
 
 
 def add_routes(app: web.Application, handlers: ApiHandlers) -> None:
-    app.router.add_get("/apis", handlers.group_list)
-    app.router.add_get(f"/apis/{wire.GROUP}", handlers.group)
-    app.router.add_get(PREFIX, handlers.resources)
-    app.router.add_get(PREFIX + "/namespaces/{namespace}/{metric}", handlers.value)
+    app.router.add_get("/apis", handlers.limited("discovery", handlers.group_list))
+    app.router.add_get(f"/apis/{wire.GROUP}", handlers.limited("discovery", handlers.group))
+    app.router.add_get(PREFIX, handlers.limited("resources", handlers.resources))
+    app.router.add_get(PREFIX + "/namespaces/{namespace}/{metric}", handlers.limited("value", handlers.value))
     for path in ("/healthz", "/livez", "/readyz"):
         app.router.add_get(path, handlers.health)
     app.router.add_route("*", "/{tail:.*}", handlers.fallback)
@@ -153,13 +191,16 @@ def add_routes(app: web.Application, handlers: ApiHandlers) -> None:
 
 def build_api_app(provider: MetricsProvider, telemetry: Telemetry,
                   guard: RequestGuard | None = None, *,
-                  middlewares: Iterable[Middleware] = ()) -> web.Application:
+                  middlewares: Iterable[Middleware] = (),
+                  limits: Callable[[], LimitSettings] = LimitSettings,
+                  hits: LimitHits | None = None) -> web.Application:
     """The API application; ``guard`` None serves everyone (``--insecure-no-auth`` only).
 
     ``middlewares``: none by default (the value path is hot); the adapter's own tracing adds one.
+    ``limits`` returns the live ``limits`` section; ``hits`` counts the limits hit.
     """
-    app = web.Application(handler_args={"max_field_size": 16384}, middlewares=middlewares)
+    app = web.Application(middlewares=middlewares)
     app[provider_key] = provider
     app[telemetry_key] = telemetry
-    add_routes(app, ApiHandlers(provider, telemetry, guard))
+    add_routes(app, ApiHandlers(provider, telemetry, guard, limits, hits))
     return app

@@ -7,13 +7,22 @@ rejected count, and a bad request answered 400 with a ``google.rpc.Status`` whos
 wrong. The service keeps serving whatever a client sends: every rejection is counted on ``/metrics`` by
 reason and logged once.
 
-Limits: a declared ``Content-Length`` over ``max_body_bytes`` is refused (413) before the body is read;
-a gzip body is decompressed with a cap, so a small "gzip bomb" never expands past
-``max_decompressed_bytes``.
+Limits (each counted in ``latency_adapter_limit_hits_total{limit}``, see :mod:`adapter.limits`): a
+declared ``Content-Length`` over ``max_body_bytes`` is refused (413) before the body is read; a gzip
+body is decompressed with a cap, so a small "gzip bomb" never expands past ``max_decompressed_bytes``; a
+body must arrive within ``limits.body_timeout_seconds`` (408); spans and data points per request are
+capped (413, which OTLP clients do not retry: the batch is too big to ever fit).
+
+Back-pressure, as the OTLP specification asks of a server that cannot keep up: when more requests are in
+flight than ``limits.otlp_high_water_requests``, or resident memory is over its budget, a new request is
+answered 429 with ``Retry-After`` before its body is read, and the client retries with back-off. Nothing
+is buffered beyond that: a 200 means the batch is already in the store. While the process is stopping,
+new requests get 503 with ``Retry-After`` (retryable too) and the ones already accepted are finished.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -25,7 +34,17 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
-from ..errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from ..errors import (
+    BadRequest,
+    LimitExceeded,
+    RequestError,
+    RequestTimeout,
+    Retryable,
+    ShuttingDown,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
+from ..limits import LimitHits, LimitSettings, MemoryWatch
 from ..telemetry import Telemetry
 from .otlp_ingest import IngestResult, OtlpIngestor
 
@@ -57,7 +76,8 @@ def _gunzip(data: bytes, cap: int) -> bytes:
     except zlib.error as exc:
         raise BadRequest(f"body is not valid gzip: {exc}") from exc
     if len(out) > cap or d.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds the limit of {cap} bytes")
+        raise LimitExceeded(f"decompressed body exceeds the limit of {cap} bytes "
+                            "(otlp.max_decompressed_bytes)", "decompressed_too_large")
     if not d.eof:
         raise BadRequest("gzip body is truncated")
     return out
@@ -71,14 +91,26 @@ def _error_body(message: str, code: int, is_json: bool) -> bytes:
 
 
 class OtlpReceiver:
-    """aiohttp handlers for both OTLP signals."""
+    """aiohttp handlers for both OTLP signals, with the receiver's limits and back-pressure."""
 
     def __init__(self, ingestor: OtlpIngestor, telemetry: Telemetry, settings: ReceiverSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 limits: Callable[[], LimitSettings] = LimitSettings, hits: LimitHits | None = None,
+                 memory: MemoryWatch | None = None) -> None:
         self.ingestor = ingestor
         self.telemetry = telemetry
         self.settings = settings
         self.clock = clock
+        #: The live ``limits`` section, read per request (a config reload applies at once).
+        self.limits = limits
+        self.hits = hits or LimitHits()
+        self.memory = memory
+        #: Requests received but not yet answered: the ingest queue that back-pressure bounds.
+        self.inflight = 0
+        #: Set when the process starts stopping: new requests get 503 + Retry-After.
+        self.draining = False
+        #: Items in requests answered 200 since start (the totals of the shutdown log line).
+        self.accepted: dict[str, int] = {"traces": 0, "metrics": 0}
 
     async def traces(self, request: web.Request) -> web.Response:
         return await self._handle(request, "traces")
@@ -86,9 +118,30 @@ class OtlpReceiver:
     async def metrics(self, request: web.Request) -> web.Response:
         return await self._handle(request, "metrics")
 
+    def _admit(self, limits: LimitSettings) -> None:
+        """Refuse before reading anything when stopping or saturated (raises a retryable error)."""
+        retry = limits.retry_after_seconds
+        if self.draining:
+            raise ShuttingDown("the adapter is shutting down; retry against another replica", retry)
+        if self.inflight >= limits.otlp_high_water_requests:
+            self.hits.hit("ingest_queue")
+            raise TooManyRequests(f"ingest is saturated: {self.inflight} requests in flight "
+                                  "(limits.otlp_high_water_requests); retry later", retry)
+        if self.memory is not None and self.memory.over_budget():
+            self.hits.hit("memory")
+            raise TooManyRequests(f"memory is over budget ({self.memory.last_rss} bytes resident, budget "
+                                  f"{self.memory.budget_bytes}: limits.memory_budget_bytes); retry later",
+                                  retry)
+
     async def _handle(self, request: web.Request, signal: str) -> web.Response:
         content_type = request.content_type
         is_json = content_type == JSON_TYPE
+        limits = self.limits()
+        try:
+            self._admit(limits)
+        except RequestError as exc:
+            return self._refuse(request, signal, exc, is_json)
+        self.inflight += 1
         try:
             if content_type not in (PROTOBUF, JSON_TYPE):
                 raise UnsupportedMediaType(
@@ -98,19 +151,31 @@ class OtlpReceiver:
                 raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
             declared = request.content_length
             if declared is not None and declared > self.settings.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"body of {declared} bytes exceeds the limit of {self.settings.max_body_bytes} bytes")
-            body = await self._read(request)
+                raise LimitExceeded(f"body of {declared} bytes exceeds the limit of "
+                                    f"{self.settings.max_body_bytes} bytes (otlp.max_body_bytes)",
+                                    "content_length")
+            try:
+                async with asyncio.timeout(limits.body_timeout_seconds):
+                    body = await self._read(request)
+            except TimeoutError:
+                self.hits.hit("body_timeout")
+                raise RequestTimeout(f"body not received within {limits.body_timeout_seconds:g} s "
+                                     "(limits.body_timeout_seconds)") from None
             if encoding == "gzip":
                 body = _gunzip(body, self.settings.max_decompressed_bytes)
             now = self.clock()
             if signal == "traces":
-                result, payload = self.ingestor.ingest_traces(body, is_json, now)
+                result, payload = self.ingestor.ingest_traces(body, is_json, now,
+                                                              max_items=limits.max_spans_per_request)
             else:
-                result, payload = self.ingestor.ingest_metrics(body, is_json, now)
+                result, payload = self.ingestor.ingest_metrics(body, is_json, now,
+                                                               max_items=limits.max_points_per_request)
         except RequestError as exc:
             return self._refuse(request, signal, exc, is_json)
+        finally:
+            self.inflight -= 1
         self._count(signal, result)
+        self.accepted[signal] += result.accepted
         self.telemetry.otlp_requests.labels(signal, "200").inc()
         return web.Response(body=payload, content_type=JSON_TYPE if is_json else PROTOBUF)
 
@@ -121,7 +186,8 @@ class OtlpReceiver:
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                raise LimitExceeded(f"body exceeds the limit of {limit} bytes (otlp.max_body_bytes)",
+                                    "body_too_large")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -135,30 +201,55 @@ class OtlpReceiver:
             t.otlp_items.labels(signal, "rejected").inc(result.rejected)
             for reason, n in result.reasons.items():
                 t.otlp_rejected.labels(signal, reason).inc(n)
+            if "label_too_long" in result.reasons:
+                self.hits.hit("label_too_long", result.reasons["label_too_long"])
 
     def _refuse(self, request: web.Request, signal: str, exc: RequestError, is_json: bool) -> web.Response:
-        reason = {
+        limit = getattr(exc, "limit", None)
+        if limit is not None:
+            self.hits.hit(limit)
+        # Reasons predate the limit names; size limits keep "body_too_large", new limits add their own.
+        reason = limit if limit in ("too_many_spans", "too_many_points") else {
+            408: "body_timeout",
             413: "body_too_large",
             415: "unsupported_media_type",
+            429: "backpressure",
+            503: "shutting_down",
         }.get(exc.code, "malformed")
         self.telemetry.otlp_rejected.labels(signal, reason).inc()
         self.telemetry.otlp_requests.labels(signal, str(exc.code)).inc()
-        log.warning("otlp request refused", extra={"fields": {
+        # Refusals of a flood (429, 503) are counted, not logged one by one.
+        level = logging.DEBUG if exc.code in (429, 503) else logging.WARNING
+        log.log(level, "otlp request refused", extra={"fields": {
             "event": "otlp_refused", "signal": signal, "code": exc.code, "reason": reason,
             "detail": str(exc), "remote": request.remote}})
-        headers = {"Connection": "close"} if exc.code == 413 else None
+        headers: dict[str, str] = {}
+        if isinstance(exc, Retryable):
+            headers["Retry-After"] = str(exc.retry_after)
+        if exc.code in (408, 413, 429, 503) and not request.content.at_eof():
+            headers["Connection"] = "close"  # the unread body must not be parsed as the next request
         return web.Response(status=exc.code, body=_error_body(str(exc), exc.code, is_json),
-                            content_type=JSON_TYPE if is_json else PROTOBUF, headers=headers)
+                            content_type=JSON_TYPE if is_json else PROTOBUF, headers=headers or None)
+
+
+receiver_key = web.AppKey("receiver", OtlpReceiver)
 
 
 def build_otlp_app(ingestor: OtlpIngestor, telemetry: Telemetry, settings: ReceiverSettings,
                    clock: Callable[[], float] = time.time, *,
-                   middlewares: Iterable[Middleware] = ()) -> web.Application:
-    """The receiver application; ``middlewares`` none by default (the adapter's own tracing adds one)."""
+                   middlewares: Iterable[Middleware] = (),
+                   limits: Callable[[], LimitSettings] = LimitSettings, hits: LimitHits | None = None,
+                   memory: MemoryWatch | None = None) -> web.Application:
+    """The receiver application; ``middlewares`` none by default (the adapter's own tracing adds one).
+
+    ``limits`` returns the live ``limits`` section, ``hits`` counts limits hit, ``memory`` (optional)
+    turns on back-pressure by resident memory. The receiver is ``app[receiver_key]``.
+    """
     # aiohttp's own body cap sits a little above ours so our handler produces the 413 and counts it.
     app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=middlewares)
     app[ingestor_key] = ingestor
-    receiver = OtlpReceiver(ingestor, telemetry, settings, clock)
+    receiver = OtlpReceiver(ingestor, telemetry, settings, clock, limits=limits, hits=hits, memory=memory)
+    app[receiver_key] = receiver
     app.router.add_post("/v1/traces", receiver.traces)
     app.router.add_post("/v1/metrics", receiver.metrics)
     return app

@@ -54,7 +54,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from ..cpu import CpuSignals
-from ..errors import BadRequest
+from ..errors import BadRequest, LimitExceeded
 from ..model import Exemplar, SeriesKey, label_value
 from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
 from ..store import WindowStore
@@ -104,6 +104,12 @@ class IngestResult:
 
     def message(self) -> str:
         return ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+
+
+def _check_items(count: int, limit: int, what: str, key: str) -> None:
+    if count > limit:
+        raise LimitExceeded(f"request carries {count} {what}, over the limit of {limit} (limits.{key}); "
+                            "send smaller batches", "too_many_" + what.split()[-1])
 
 
 def _is_error_status(raw: bytes) -> bool:
@@ -220,7 +226,9 @@ class OtlpIngestor:
 
     # -- traces ------------------------------------------------------------------------------------
 
-    def ingest_traces(self, body: bytes, is_json: bool, now: float) -> tuple[IngestResult, bytes]:
+    def ingest_traces(self, body: bytes, is_json: bool, now: float,
+                      max_items: int | None = None) -> tuple[IngestResult, bytes]:
+        """Apply one export request; over ``max_items`` spans the whole request is refused (413)."""
         if is_json:
             # OTLP/JSON needs the official messages (its attributes are lists); re-encode for the view.
             official = ExportTraceServiceRequest()
@@ -228,6 +236,9 @@ class OtlpIngestor:
             body = official.SerializeToString()
         request = LeanTraceRequest()
         decode(body, False, request)
+        if max_items is not None:
+            spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            _check_items(spans, max_items, "spans", "max_spans_per_request")
         result = IngestResult()
         split_routes = self.settings.split_routes
         for resource_spans in request.resource_spans:
@@ -343,9 +354,15 @@ class OtlpIngestor:
 
     # -- metrics -----------------------------------------------------------------------------------
 
-    def ingest_metrics(self, body: bytes, is_json: bool, now: float) -> tuple[IngestResult, bytes]:
+    def ingest_metrics(self, body: bytes, is_json: bool, now: float,
+                       max_items: int | None = None) -> tuple[IngestResult, bytes]:
+        """Apply one export request; over ``max_items`` data points the whole request is refused (413)."""
         request = ExportMetricsServiceRequest()
         decode(body, is_json, request)
+        if max_items is not None:
+            points = sum(_point_count(metric) for rm in request.resource_metrics
+                         for sm in rm.scope_metrics for metric in sm.metrics)
+            _check_items(points, max_items, "data points", "max_points_per_request")
         result = IngestResult()
         cpu_batch: CpuBatch | None = None
         for resource_metrics in request.resource_metrics:

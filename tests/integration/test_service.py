@@ -434,7 +434,8 @@ def test_sigterm_stops_cleanly(adapter_factory: Any) -> None:
     assert proc.api("/healthz").status == 200
     assert proc.stop() == 0, proc.stderr_tail()
     events = [e.get("event") for e in proc.log_events()]
-    assert events.index("listening") < events.index("stopping") < events.index("stopped"), events
+    assert events.index("listening") < events.index("stopping") < events.index("shutdown"), events
+    assert events[-1] == "shutdown", events  # the last line: what was applied
 
 
 def test_quantity_values_keep_milli_precision(adapter: Any, shop: Shop) -> None:

@@ -58,6 +58,12 @@ def away_from_bounds(values: np.ndarray) -> np.ndarray:
     return values[~near]
 
 
+def sweep_to(store: WindowStore, now: float) -> None:
+    """Advance and sweep, as the service's ticker does once per slice."""
+    store.advance(now)
+    store.sync_all()
+
+
 def counts_of(store: WindowStore, namespace: str = "shop", workload: str = "checkout") -> WorkloadRequests:
     found = [c for c in store.request_counts() if (c.namespace, c.workload) == (namespace, workload)]
     assert len(found) == 1, store.request_counts()
@@ -146,7 +152,7 @@ def test_counts_are_cumulative_across_slices_window_expiry_and_series_removal() 
     store.add_durations(key, np.full(5, 0.2), 0, [], T0 + 6)
     seen = []
     for t in (T0 + 6.5, T0 + 11, T0 + 30, T0 + 64, T0 + 70, T0 + 200):
-        store.advance(t)
+        sweep_to(store, t)
         counts = counts_of(store)
         seen.append((counts.count, counts.le))
     assert len(store) == 0  # the series left the store (nothing in its window) ...
@@ -159,9 +165,9 @@ def test_a_clock_jump_past_the_window_still_counts_every_slice_once() -> None:
     key = SeriesKey("shop", "checkout")
     for i in range(4):
         store.add_durations(key, np.full(10, 0.05), 0, [], T0 + 5 * i + 1)
-    store.advance(T0 + 10_000)  # far beyond the window: every slice closes and expires in one step
+    sweep_to(store, T0 + 10_000)  # far beyond the window: every slice closes and expires in one step
     store.add_durations(key, np.full(3, 0.05), 0, [], T0 + 10_001)
-    store.advance(T0 + 20_000)
+    sweep_to(store, T0 + 20_000)
     assert counts_of(store).count == 43
 
 
@@ -226,12 +232,12 @@ def test_a_workload_without_series_is_dropped_after_the_retention() -> None:
     gone, kept = SeriesKey("shop", "gone"), SeriesKey("shop", "kept")
     store.add_durations(gone, np.full(3, 0.1), 0, [], T0 + 1)
     left_at = T0 + 70  # the window (60 s) is empty: the series leaves the store
-    store.advance(left_at)
+    sweep_to(store, left_at)
     assert len(store) == 0 and counts_of(store, workload="gone").count == 3
     store.add_durations(kept, np.full(2, 0.1), 0, [], left_at + REQUEST_COUNTS_RETENTION_SECONDS - 60)
-    store.advance(left_at + REQUEST_COUNTS_RETENTION_SECONDS - 10)
+    sweep_to(store, left_at + REQUEST_COUNTS_RETENTION_SECONDS - 10)
     assert {c.workload for c in store.request_counts()} == {"gone", "kept"}
-    store.advance(left_at + REQUEST_COUNTS_RETENTION_SECONDS + 10)
+    sweep_to(store, left_at + REQUEST_COUNTS_RETENTION_SECONDS + 10)
     assert {c.workload for c in store.request_counts()} == {"kept"}  # kept still has its series
 
 
@@ -239,10 +245,10 @@ def test_a_workload_that_comes_back_within_the_retention_keeps_counting() -> Non
     store = WindowStore()
     key = SeriesKey("shop", "checkout")
     store.add_durations(key, np.full(3, 0.1), 0, [], T0 + 1)
-    store.advance(T0 + 100)
+    sweep_to(store, T0 + 100)
     assert len(store) == 0
     store.add_durations(key, np.full(4, 0.1), 0, [], T0 + 1800)
-    store.advance(T0 + 100 + REQUEST_COUNTS_RETENTION_SECONDS + 10)  # the series itself left at ~1870
+    sweep_to(store, T0 + 100 + REQUEST_COUNTS_RETENTION_SECONDS + 10)  # the series itself left at ~1870
     assert counts_of(store).count == 7
 
 
@@ -250,8 +256,8 @@ def test_request_counts_are_capped_by_evicting_the_workload_gone_longest() -> No
     store = WindowStore(StoreSettings(max_series=2, max_series_per_namespace=2))
     store.add_durations(SeriesKey("a", "first"), np.full(1, 0.1), 0, [], T0 + 1)
     store.add_durations(SeriesKey("a", "second"), np.full(1, 0.1), 0, [], T0 + 21)
-    store.advance(T0 + 75)  # first left, second still has data in its window
-    store.advance(T0 + 95)  # second left too
+    sweep_to(store, T0 + 75)  # first left, second still has data in its window
+    sweep_to(store, T0 + 95)  # second left too
     assert len(store) == 0 and len(store.request_counts()) == 2
     store.add_durations(SeriesKey("a", "third"), np.full(1, 0.1), 0, [], T0 + 96)
     assert {c.workload for c in store.request_counts()} == {"second", "third"}

@@ -538,7 +538,9 @@ def test_store_change_is_logged_once_as_needing_a_restart(files: Files,
     files.write(POLICY_B.replace("log_level: info", "log_level: debug") + "otlp: {max_streams: 9}\n")
     assert watcher.check() is None
     [_, second] = events(caplog, "config_restart_required")
-    assert second.fields["sections"] == ["otlp", "log_level"]  # type: ignore[attr-defined]
+    assert second.fields["sections"] == ["otlp"]  # type: ignore[attr-defined]  # log_level is live
+    assert watcher.live_changed and watcher.settings is not None
+    assert watcher.settings.log_level == "debug"
 
     files.write(POLICY_B)  # back to what the process runs with
     assert watcher.check() is None
@@ -653,3 +655,26 @@ def test_other_restart_only_sections_are_flagged_too(files: Files, caplog: pytes
     assert watcher.restart_required
     [record] = events(caplog, "config_restart_required")
     assert record.fields["sections"] == [section.split(":")[0]]  # type: ignore[attr-defined]
+
+
+def test_limits_and_log_level_are_applied_live_without_a_restart(files: Files) -> None:
+    watcher = watcher_for(files, POLICY_A)
+    files.write(POLICY_A + "limits: {otlp_high_water_requests: 3, max_spans_per_request: 100}\n")
+    assert watcher.check() is None  # the policy is the same
+    assert watcher.live_changed and not watcher.restart_required
+    assert watcher.settings is not None
+    assert watcher.settings.limits.otlp_high_water_requests == 3
+    assert watcher.settings.limits.max_spans_per_request == 100
+    watcher.live_changed = False
+    files.write(POLICY_A + "limits: {otlp_high_water_requests: -3}\n")  # refused: the old limits stay
+    assert watcher.check() is None
+    assert not watcher.live_changed and watcher.reload_failures == 1
+    assert watcher.last_error is not None and "limits.otlp_high_water_requests" in watcher.last_error
+    assert watcher.settings.limits.otlp_high_water_requests == 3
+
+
+def test_server_section_needs_a_restart(files: Files) -> None:
+    watcher = watcher_for(files, POLICY_A)
+    files.write(POLICY_A + "server: {header_timeout_seconds: 3}\n")
+    assert watcher.check() is None
+    assert watcher.restart_required and not watcher.live_changed

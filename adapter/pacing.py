@@ -1,0 +1,33 @@
+"""Long work on the event loop, in turns: give other requests the loop every few milliseconds.
+
+The per-slice work (moving ten thousand windows, deciding for every workload) is pure Python that holds
+the loop for as long as it runs. Done in one go it is a second during which no HPA request is answered;
+done in turns of :data:`TURN_SECONDS`, an API request waits at most one turn. The work itself is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+#: Longest stretch of background work between two chances for other tasks to run.
+TURN_SECONDS = 0.005
+
+
+class Pacer:
+    """Call :meth:`turn` often during long work; it yields to the loop once a turn has been used up."""
+
+    def __init__(self, turn_seconds: float = TURN_SECONDS,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.turn_seconds = turn_seconds
+        self._clock = clock
+        self._since = clock()
+        #: Times the work gave the loop back.
+        self.yields = 0
+
+    async def turn(self) -> None:
+        if self._clock() - self._since >= self.turn_seconds:
+            await asyncio.sleep(0)
+            self.yields += 1
+            self._since = self._clock()
