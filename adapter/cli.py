@@ -140,6 +140,33 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, metavar="SECONDS",
                      help="simulate only the first SECONDS of the traffic (quick looks)")
 
+    gate = sub.add_parser(
+        "gate", help="canary verdict: is the canary's p95 within --max-ratio of its baseline's? (exit 0/1/3)",
+        description="Read the adapter's external metrics (through the cluster, or --server) and decide: "
+                    "exit 0 pass (enough requests on both sides, p95 ratio at or under --max-ratio), 1 "
+                    "regression (error ratio over --max-error-ratio, or the ratio's 95 %% interval entirely "
+                    "over --max-ratio), 3 inconclusive (too few requests, or over the limit but not beyond "
+                    "doubt), 2 usage or connection error.")
+    gate.add_argument("--namespace", required=True)
+    gate.add_argument("--canary", required=True, help="the canary workload")
+    gate.add_argument("--baseline", required=True,
+                      help="the baseline workload (as in the adapter's canaries)")
+    gate.add_argument("--max-ratio", type=float, default=1.10, help="canary p95 / baseline p95 limit (1.10)")
+    gate.add_argument("--max-error-ratio", type=float, default=0.032,
+                      help="canary error ratio above which it fails at once (0.032)")
+    gate.add_argument("--min-samples", type=int, default=200, help="requests needed on each side (200)")
+    gate.add_argument("--wait", metavar="DURATION", help="poll up to this long (90s, 5m) while inconclusive")
+    gate.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    gate.add_argument("--server", metavar="URL", help="read this adapter (or API server) directly instead of "
+                                                       "through the kubeconfig's cluster")
+    gate.add_argument("--insecure-skip-tls-verify", action="store_true",
+                      help="with --server: do not verify its certificate")
+    gate.add_argument("--certificate-authority", type=Path, metavar="FILE",
+                      help="with --server: CA bundle to verify it with")
+    gate.add_argument("--token-file", type=Path, metavar="FILE", help="with --server: bearer token file")
+    gate.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config, "
+                                                      "or in-cluster)")
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -239,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "gate":
+        from .gate import main as gate
+
+        return gate(args)
     if args.command == "simulate":
         from .simulate.command import run as simulate
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from .canary_interval import ratio_interval
 from .cpu import CpuSignals
 from .errors import BadRequest, NoData, quote
 from .policy import CpuSignal, Decision, LatencySignal, PolicySettings, cpu_ratio, decide
@@ -76,6 +77,17 @@ class Selection:
     series: list[Series]
     settings: PolicySettings
     namespace: str = ""
+
+
+@dataclass(frozen=True)
+class CanaryReading:
+    """One canary pair now: requests on each side; the p95 ratio and its 95 % interval when known."""
+
+    samples: int
+    baseline_samples: int
+    ratio: float | None = None
+    ratio_low: float | None = None
+    ratio_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -199,14 +211,30 @@ class DualSignal:
 
     def canary_ratios(self, now: float) -> dict[tuple[str, str, str], float]:
         """``latency_p95_baseline_ratio`` of every configured canary pair that has enough requests."""
-        out: dict[tuple[str, str, str], float] = {}
+        return {key: reading.ratio for key, reading in self.canary_readings(now).items()
+                if reading.ratio is not None}
+
+    def canary_readings(self, now: float) -> dict[tuple[str, str, str], CanaryReading]:
+        """Every configured canary pair: requests on each side, and the ratio with its interval when
+        there are enough (what ``/metrics`` exports for Argo Rollouts, Flagger and alerts)."""
+        out: dict[tuple[str, str, str], CanaryReading] = {}
         for pair in self._policy().canaries:
+            counts = []
+            for workload in (pair.canary, pair.baseline):
+                view = self.store.view([x for x in self.store.series_in(pair.namespace)
+                                        if x.key.workload == workload], now=now)
+                counts.append(0 if view is None else round(view.count))
+            reading = CanaryReading(counts[0], counts[1])
             try:
                 selector = parse_selector(f"workload={pair.canary}")
                 value = self.value("latency_p95_baseline_ratio", pair.namespace, selector, now)
             except (NoData, BadRequest):
-                continue
-            out[(pair.namespace, pair.canary, pair.baseline)] = value.value
+                pass
+            else:
+                low, high = value.labels.get("ratio_low"), value.labels.get("ratio_high")
+                reading = CanaryReading(counts[0], counts[1], value.value,
+                                        float(low) if low else None, float(high) if high else None)
+            out[(pair.namespace, pair.canary, pair.baseline)] = reading
         return out
 
     def value(self, metric: str, namespace: str, selector: Selector, now: float) -> Value:
@@ -245,11 +273,14 @@ class DualSignal:
             # The decision's own trace (near the quantile it used) when latency counted in it.
             return Value(decision.ratio, _traced({**labels, "reason": decision.reason}, decision.trace_id))
         if metric == "latency_p95_baseline_ratio":
-            return self._baseline_ratio(namespace, selector, selection, labels, window, now)
+            return self._baseline_ratio(namespace, selector, selection, labels, window, view, now)
         raise AssertionError(metric)
 
     def _baseline_ratio(self, namespace: str, selector: Selector, selection: Selection,
-                        labels: dict[str, str], mine: LatencySignal | None, now: float) -> Value:
+                        labels: dict[str, str], mine: LatencySignal | None, my_view: WindowView | None,
+                        now: float) -> Value:
+        """The canary's p95 / its baseline's, with the 95 % interval and both sample counts as labels
+        (``ratio_low``, ``ratio_high``, ``samples``, ``baseline_samples``) when both sides are sketches."""
         if len(selection.workloads) != 1:
             raise BadRequest("latency_p95_baseline_ratio needs a selector naming one canary workload "
                              f"(workload=<canary>); {quote(str(selector))} matches "
@@ -263,14 +294,21 @@ class DualSignal:
         base_series = [x for x in self.store.series_in(namespace) if x.key.workload == baseline
                        and selector.matches({**x.key.labels(), "workload": canary})]
         s = selection.settings
-        theirs, _ = self.latency(Selection((baseline,), base_series, s, namespace), 0.95, now)
+        theirs, their_view = self.latency(Selection((baseline,), base_series, s, namespace), 0.95, now)
         for name, signal in ((canary, mine), (baseline, theirs)):
             if signal is None or signal.samples < s.min_samples or signal.seconds <= 0:
                 have = 0 if signal is None else signal.samples
                 raise NoData(f"too few requests for a canary verdict: {name!r} has {have} in the window, "
                              f"min_samples is {s.min_samples}")
         assert mine is not None and theirs is not None
-        return Value(mine.seconds / theirs.seconds, {**labels, "baseline": baseline})
+        out = {**labels, "baseline": baseline, "samples": str(mine.samples),
+               "baseline_samples": str(theirs.samples)}
+        if my_view is not None and their_view is not None:  # both from the store's sketches
+            interval = ratio_interval(my_view.sketch, their_view.sketch)
+            if interval is not None:
+                out["ratio_low"] = f"{interval.low:.4f}"
+                out["ratio_high"] = f"{interval.high:.4f}"
+        return Value(mine.seconds / theirs.seconds, out)
 
 
 def _common_labels(selection: Selection) -> dict[str, str]:

@@ -304,7 +304,7 @@ class Service:
         for key, decision in dual.iter_decisions(now):
             decisions[key] = decision
             await pacer.turn()
-        self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_ratios(now),
+        self.telemetry.record_decisions(decisions, dual.error_ratios(), dual.canary_readings(now),
                                         dual.latency_targets(decisions))
         reasons = {key: (d.reason if d is not None else "none") for key, d in decisions.items()}
         for (namespace, workload), reason in reasons.items():

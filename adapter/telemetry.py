@@ -16,13 +16,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .dual_signal import CanaryReading
 from .latency_histogram import LatencyHistogramCollector
 from .limits import LIMITS, LimitHits, MemoryWatch
 from .policy import Decision
@@ -190,6 +191,36 @@ class _CpuSourceCollector(Collector):
 MAX_DECISION_SERIES = 2_000
 
 
+def _canary_families(
+        canaries: Mapping[tuple[str, str, str], float | CanaryReading]) -> Iterator[GaugeMetricFamily]:
+    """The canary gate's inputs per pair: the ratio, its 95 % interval, and each side's requests (always,
+    so a query can tell "too few requests" from "no such pair")."""
+    pair = ["namespace", "canary", "baseline"]
+    ratio = GaugeMetricFamily(
+        "latency_adapter_canary_latency_ratio",
+        "A canary's window p95 / its baseline's (latency_p95_baseline_ratio; release gate <= 1.1).",
+        labels=pair)
+    low = GaugeMetricFamily("latency_adapter_canary_latency_ratio_low",
+                            "Low bound of the 95 % interval of the canary p95 ratio (regression: > 1.1).",
+                            labels=pair)
+    high = GaugeMetricFamily("latency_adapter_canary_latency_ratio_high",
+                             "High bound of the 95 % interval of the canary p95 ratio.", labels=pair)
+    samples = GaugeMetricFamily("latency_adapter_canary_samples",
+                                "Requests in the window on each side of a configured canary pair.",
+                                labels=[*pair, "side"])
+    for key, value in canaries.items():
+        reading = value if isinstance(value, CanaryReading) else CanaryReading(0, 0, value)
+        if reading.ratio is not None:
+            ratio.add_metric(list(key), reading.ratio)
+        if reading.ratio_low is not None and reading.ratio_high is not None:
+            low.add_metric(list(key), reading.ratio_low)
+            high.add_metric(list(key), reading.ratio_high)
+        if isinstance(value, CanaryReading):
+            samples.add_metric([*key, "canary"], reading.samples)
+            samples.add_metric([*key, "baseline"], reading.baseline_samples)
+    yield from (ratio, low, high, samples)
+
+
 class _DecisionCollector(Collector):
     """The policy's latest decision per workload: one series each, whose ``reason`` label follows it."""
 
@@ -197,7 +228,7 @@ class _DecisionCollector(Collector):
         self.current: dict[tuple[str, str], Decision | None] = {}
         self.error_ratios: dict[tuple[str, str], float] = {}
         self.latency_targets: dict[tuple[str, str], float] = {}
-        self.canaries: dict[tuple[str, str, str], float] = {}
+        self.canaries: dict[tuple[str, str, str], float | CanaryReading] = {}
         self.left_out = 0
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -236,13 +267,7 @@ class _DecisionCollector(Collector):
         for (namespace, workload), value in self.error_ratios.items():
             errors.add_metric([namespace, workload], value)
         yield errors
-        canary = GaugeMetricFamily(
-            "latency_adapter_canary_latency_ratio",
-            "A canary's window p95 / its baseline's (latency_p95_baseline_ratio; release gate <= 1.1).",
-            labels=["namespace", "canary", "baseline"])
-        for (namespace, name, baseline), value in self.canaries.items():
-            canary.add_metric([namespace, name, baseline], value)
-        yield canary
+        yield from _canary_families(self.canaries)
         left_out = GaugeMetricFamily(
             "latency_adapter_decision_series_left_out",
             f"Workloads beyond the {MAX_DECISION_SERIES} whose decisions are exported (still served).")
@@ -326,7 +351,7 @@ class Telemetry:
 
     def record_decisions(self, decisions: dict[tuple[str, str], Decision | None],
                          error_ratios: dict[tuple[str, str], float] | None = None,
-                         canaries: dict[tuple[str, str, str], float] | None = None,
+                         canaries: Mapping[tuple[str, str, str], float | CanaryReading] | None = None,
                          latency_targets: dict[tuple[str, str], float] | None = None) -> None:
         """Publish one evaluation of every workload: count each by reason, keep the first N for gauges."""
         for decision in decisions.values():

@@ -170,7 +170,10 @@ def test_canary_over_baseline(provider: MetricsProvider, store: WindowStore, clo
     r = read(provider, "latency_p95_baseline_ratio", "workload=checkout-canary")
     exact = float(np.quantile(canary, 0.95) / np.quantile(base, 0.95))
     assert r.value == pytest.approx(exact, rel=0.02)
-    assert r.labels == {"workload": "checkout-canary", "baseline": "checkout", "trace_id": "cd" * 16}
+    interval = {k: r.labels.pop(k) for k in ("ratio_low", "ratio_high")}
+    assert float(interval["ratio_low"]) < r.value < float(interval["ratio_high"])
+    assert r.labels == {"workload": "checkout-canary", "baseline": "checkout", "trace_id": "cd" * 16,
+                        "samples": "2000", "baseline_samples": "2000"}
     with pytest.raises(NoData, match="not a canary"):
         read(provider, "latency_p95_baseline_ratio", "workload=checkout")
 
