@@ -145,3 +145,22 @@ def lognormal_interval(samples: int, baseline_samples: int, sigma: float = 0.6,
 
     down, up = combined(side(samples), side(baseline_samples))
     return math.exp(-down), math.exp(up)
+
+
+#: Canary sizes in the README's table, and the share of traffic the canary gets.
+TABLE_SIZES = (100, 200, 500, 1000, 2000, 5000, 10000)
+TABLE_SPLIT = 0.05
+
+
+def requests_table(limit: float = 1.10, sigma: float = 0.6) -> str:
+    """The README's table: per canary size at a 5 % split, the interval an equally fast canary gets and
+    how much slower a canary must be before ``ratio_low`` clears ``limit`` (a regression verdict)."""
+    lines = ["| canary requests | baseline requests | 95 % interval, equally fast canary | "
+             "flagged as a regression from |",
+             "|---:|---:|---|---:|"]
+    for n in TABLE_SIZES:
+        baseline = round(n * (1 - TABLE_SPLIT) / TABLE_SPLIT)
+        low, high = lognormal_interval(n, baseline, sigma)
+        upper = f"{high:.3f}" if high < 10 else "unbounded"
+        lines.append(f"| {n:,} | {baseline:,} | {low:.3f} to {upper} | {limit / low - 1:+.0%} slower |")
+    return "\n".join(lines)
