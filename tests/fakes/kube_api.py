@@ -26,7 +26,9 @@ Fault injection (plain attributes, change them any time, from any thread): :attr
 starting the listener on the same port. The workload, pod and pod-metrics endpoints have their own
 knobs, so the reviews keep working while they fail: :attr:`cpu_fail_with`, :attr:`cpu_delay_seconds`
 (hang), :attr:`cpu_endpoints_affected` (which of them) and :attr:`metrics_api_available` (metrics-server
-not installed: 404). When :attr:`adapter_token` is set, every request must carry
+not installed: 404). A delayed request re-reads its delay knob while it waits, so setting it back to 0
+answers the parked requests at once (an API server that recovers), as stopping does; :attr:`parked`
+counts the requests waiting right now. When :attr:`adapter_token` is set, every request must carry
 ``Authorization: Bearer <adapter_token>`` (the adapter's own credentials) or gets a 401 ``Status``.
 
 Two ways to run it:
@@ -195,6 +197,8 @@ class FakeKubeAPI:
         self.cpu_fail_with: int | None = None
         self.cpu_delay_seconds = 0.0
         self.cpu_endpoints_affected: set[str] = set(CPU_ENDPOINTS)
+        #: Requests held by :attr:`delay_seconds` or :attr:`cpu_delay_seconds` right now.
+        self.parked = 0
         #: False: ``metrics.k8s.io`` is not served (no metrics-server), its list answers 404.
         self.metrics_api_available = True
 
@@ -434,9 +438,7 @@ class FakeKubeAPI:
         authorization = request.headers.get("Authorization", "")
         bearer = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
         self.requests.append(RecordedRequest(request.method, request.path, bearer, request.query_string))
-        if self.delay_seconds > 0 and self._stopping is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.delay_seconds)
+        await self._hold(lambda: self.delay_seconds)
         if self.fail_with is not None:
             return _json(status_body(self.fail_with, self.fail_message), self.fail_with)
         if self.adapter_token is not None and bearer != self.adapter_token:
@@ -448,6 +450,22 @@ class FakeKubeAPI:
         except web.HTTPMethodNotAllowed:
             return _json(status_body(405, "the server does not allow this method on the requested resource",
                                      reason="MethodNotAllowed"), 405)
+
+    async def _hold(self, delay: Callable[[], float]) -> None:
+        """Park the request until ``delay()`` seconds passed since it came or the server stops; the knob is
+        re-read while waiting, so lowering it (to 0: the API server recovered) lets parked requests go."""
+        stopping = self._stopping
+        if stopping is None or delay() <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.parked += 1
+        try:
+            while not stopping.is_set() and (left := delay() - (loop.time() - started)) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), min(left, 0.05))
+        finally:
+            self.parked -= 1
 
     async def _config_map(self, request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -522,9 +540,7 @@ class FakeKubeAPI:
         """Hang and/or fail as the ``cpu_*`` knobs say, for the endpoints they affect."""
         if endpoint not in self.cpu_endpoints_affected:
             return None
-        if self.cpu_delay_seconds > 0 and self._stopping is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.cpu_delay_seconds)
+        await self._hold(lambda: self.cpu_delay_seconds)
         if self.cpu_fail_with is not None:
             return _json(status_body(self.cpu_fail_with, self.fail_message), self.cpu_fail_with)
         return None
