@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -281,6 +281,9 @@ class Telemetry:
     def __init__(self, store: WindowStore) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes (what limits.memory_budget_bytes is compared with), open file
+        # descriptors against their limit, CPU seconds: the process's own health, from /proc.
+        ProcessCollector(registry=r)
         self.otlp_requests = Counter(
             "latency_adapter_otlp_requests", "OTLP/HTTP export requests by signal and HTTP status code.",
             ["signal", "code"], registry=r,

@@ -7,7 +7,8 @@ check byte for byte that the committed files are what this module makes:
 
 * ``latency-autoscaling.json``: what the HPA is served for one workload and why (latency quantiles with
   exemplars, the dual-signal ratio and its reason, CPU, traffic, errors, canary gate, replicas, traces).
-* ``latency-adapter-health.json``: the adapter itself (ingest, caps, API, auth, config, freshness).
+* ``latency-adapter-health.json``: the adapter itself (ingest, caps, API, auth, config, freshness, and
+  a row of limits and back-pressure).
 
 Both are importable by file (Dashboards -> New -> Import): ``__inputs`` asks for the Prometheus data
 source (``DS_PROMETHEUS``), which becomes the default of the ``datasource`` variable; every query and
@@ -69,6 +70,8 @@ ERROR_RATIO_THRESHOLD = 0.032
 CANARY_GATE = 1.1
 #: The store's default series cap (config ``store.max_series``); drawn as a line on the health dashboard.
 DEFAULT_MAX_SERIES = 10_000
+#: The default OTLP high-water mark (config ``limits.otlp_high_water_requests``): beyond it, OTLP answers 429.
+DEFAULT_OTLP_HIGH_WATER = 32
 #: Window staleness (seconds) drawn as a line: far above a healthy slice (5 s) plus a scrape interval.
 STALENESS_LINE_SECONDS = 30
 #: Colours of the decision reasons on the state timeline (a reason missing here is a test failure).
@@ -161,6 +164,11 @@ class Layout:
         self.row_height = max(self.row_height, h)
         panel_id, self.next_id = self.next_id, self.next_id + 1
         return panel_id, pos
+
+    def row(self, title: str) -> dash.Row:
+        """A row header across the grid, on a line of its own; the panels placed after it belong to it."""
+        panel_id, pos = self.place(24, 1)
+        return dash.Row(title).id(panel_id).grid_pos(pos).collapsed(False)
 
 
 def timeseries_panel(layout: Layout, title: str, description: str, targets: Sequence[prometheus.Dataquery],
@@ -515,6 +523,41 @@ def adapter_health() -> dash.Dashboard:
         "a telemetry outage or a shared dependency, not a scaling problem.",
         [query(rate("latency_adapter_decisions_total", "reason"), "A", "{{reason}}")],
         unit="cps", stack=True, w=24))
+
+    # Limits and back-pressure (adapter/limits.py): every limit hit, the OTLP ingest queue, memory.
+    d = d.with_row(layout.row("Limits and back-pressure"))
+    d = d.with_panel(timeseries_panel(
+        layout, "Limit hits by limit",
+        "Times per second each limit was hit (latency_adapter_limit_hits_total; README \"How it fails\" "
+        "says what each answers). ingest_queue and memory: OTLP answered 429 (back-pressure: senders retry, "
+        "data arrives late); concurrent_requests: the external metrics API answered 429 (HPA reads fail); "
+        "header_*, connections: connections closed; the OTLP body and series limits also show as "
+        "rejections above. Look for any limit above 0 for more than a burst: alerts "
+        "LatencyAdapterIngestBackpressure and LatencyAdapterLimitsHit fire after 10 minutes of it.",
+        [query(rate("latency_adapter_limit_hits_total", "limit"), "A", "{{limit}}")],
+        unit="cps", w=8))
+    d = d.with_panel(timeseries_panel(
+        layout, "OTLP requests in flight vs high-water mark",
+        "OTLP requests being received or applied at the moment of each scrape, per adapter (the ingest "
+        f"queue). The dashed line is the default high-water mark, limits.otlp_high_water_requests = "
+        f"{DEFAULT_OTLP_HIGH_WATER} (edit the threshold if your config sets another value): above it, new "
+        "requests get 429. A scrape sees one instant, so short peaks are missed; limit hits with "
+        "limit=ingest_queue (previous panel) count every refusal. Look for the count staying near the "
+        "line: the replica does not keep up (CPU) or senders are slow to deliver their bodies.",
+        [query(f"latency_adapter_otlp_inflight_requests{{{inst}}}", "A", "in flight {{instance}}")],
+        unit="short", w=8, line_at=[(DEFAULT_OTLP_HIGH_WATER, "red")]))
+    d = d.with_panel(timeseries_panel(
+        layout, "Resident memory vs memory budget",
+        "The dashed line is the memory budget in force per adapter (latency_adapter_memory_budget_bytes: "
+        "limits.memory_budget_bytes, or 80 % of the container's memory limit): while resident memory "
+        "(process_resident_memory_bytes) is above it, OTLP answers 429 (limit=memory). The third line "
+        "is the window store's estimate (latency_adapter_store_bytes), the part that grows "
+        "with series. Look for resident memory climbing towards the budget: cut series (routes) or raise "
+        "the container's memory limit.",
+        [query(f"process_resident_memory_bytes{{{inst}}}", "A", "resident {{instance}}"),
+         query(f"latency_adapter_memory_budget_bytes{{{inst}}}", "B", "budget {{instance}}"),
+         query(f"latency_adapter_store_bytes{{{inst}}}", "C", "store {{instance}}")],
+        unit="bytes", w=8, overrides=[by_ref("B", *DASHED_RED)]))
     return d
 
 
@@ -525,7 +568,7 @@ PANEL_NAMES = {"timeseries": "Time series", "state-timeline": "State timeline", 
 
 def importable(doc: dict[str, Any]) -> dict[str, Any]:
     """Add what Grafana's "Import dashboard" (by file) reads: the inputs to ask for and the plugins needed."""
-    panel_types = sorted({p["type"] for p in doc.get("panels", [])})
+    panel_types = sorted({p["type"] for p in doc.get("panels", []) if p["type"] != "row"})  # rows: built in
     variable_types = {v.get("type"): v.get("query") for v in doc["templating"].get("list", [])}
     requires: list[dict[str, str]] = [
         {"type": "grafana", "id": "grafana", "name": "Grafana", "version": GRAFANA_VERSION},

@@ -186,7 +186,7 @@ def add_routes(app: web.Application, handlers: ApiHandlers) -> None:
     app.router.add_get(PREFIX + "/namespaces/{namespace}/{metric}", handlers.limited("value", handlers.value))
     for path in ("/healthz", "/livez", "/readyz"):
         app.router.add_get(path, handlers.health)
-    app.router.add_route("*", "/{tail:.*}", handlers.fallback)
+    app.router.add_route("*", "/{tail:(?s:.*)}", handlers.fallback)  # (?s): an encoded newline too
 
 
 def build_api_app(provider: MetricsProvider, telemetry: Telemetry,

@@ -47,6 +47,47 @@ ERROR_RATIO_THRESHOLD = 0.032
 CANARY_RATIO_THRESHOLD = 1.1
 #: Seconds the window end may lag the scrape before LatencyAdapterMetricStale counts it as stuck.
 STALE_AFTER_SECONDS = 60
+#: The ``limit`` values of ``latency_adapter_limit_hits_total`` that are OTLP back-pressure (429 +
+#: Retry-After, see adapter/limits.py): LatencyAdapterIngestBackpressure.
+BACKPRESSURE_LIMITS = ("ingest_queue", "memory")
+#: Window of the back-pressure and limit alerts' ``increase()``, and how long it must stay above 0. With a
+#: window shorter than ``for``, one burst (a Collector restart flushing its queue, a deploy of many pods)
+#: keeps the expression true for at most the window plus the burst and never fires; hits that recur
+#: (gaps under the window) for 5 minutes or more do. A 10-minute window with ``for: 10m`` would fire on a
+#: single burst or not depending on where the evaluations fall.
+LIMIT_WINDOW, LIMIT_FOR = "5m", "10m"
+#: Limits another alert already reports, left out of LatencyAdapterLimitsHit so one cause makes one alert:
+#: every OTLP refusal below is also counted in ``latency_adapter_otlp_rejected_total`` (by reason), the
+#: series caps in ``latency_adapter_series_dropped_total``. The rest (the API's concurrency cap, header,
+#: connection and info-metric limits, and any limit added later) go to LatencyAdapterLimitsHit.
+LIMITS_ALERTED_ELSEWHERE: dict[str, str] = {
+    "content_length": "LatencyAdapterRejectingTelemetry",
+    "body_too_large": "LatencyAdapterRejectingTelemetry",
+    "decompressed_too_large": "LatencyAdapterRejectingTelemetry",
+    "too_many_spans": "LatencyAdapterRejectingTelemetry",
+    "too_many_points": "LatencyAdapterRejectingTelemetry",
+    "body_timeout": "LatencyAdapterRejectingTelemetry",
+    "label_too_long": "LatencyAdapterRejectingTelemetry",
+    "series_total": "LatencyAdapterSeriesCapReached",
+    "series_namespace": "LatencyAdapterSeriesCapReached",
+    **dict.fromkeys(BACKPRESSURE_LIMITS, "LatencyAdapterIngestBackpressure"),
+}
+#: What hitting each limit left to LatencyAdapterLimitsHit does (its description says it; the contract test
+#: checks these are exactly the limits of adapter/limits.py not in LIMITS_ALERTED_ELSEWHERE).
+LIMITS_HIT_ANSWERS: dict[str, str] = {
+    "concurrent_requests": "external metrics API requests over limits.max_concurrent_requests were "
+                           "answered 429 TooManyRequests, so HPA reads failed",
+    "header_too_large": "requests with a line over server.max_header_bytes or more than server.max_headers "
+                        "header fields were answered 400 and their connections closed",
+    "header_timeout": "connections that sent no complete request within server.header_timeout_seconds were "
+                      "closed",
+    "connections": "connections over server.max_connections on one listener were closed at once",
+    "info_workloads": "workloads over traces.exemplar_info_max_workloads got no "
+                      "latency_adapter_p95_exemplar_info series (no trace id in alerts and dashboards)",
+}
+#: The reason of ``latency_adapter_otlp_rejected_total`` LatencyAdapterRejectingTelemetry leaves out: the
+#: 429s are LatencyAdapterIngestBackpressure's, and their batches are retried, not lost.
+BACKPRESSURE_REASON = "backpressure"
 #: Selects the adapter's scrape job: a ServiceMonitor on Service ``latency-adapter`` makes
 #: ``job="latency-adapter"``. Change it when your scrape job is called otherwise.
 JOB_SELECTOR = 'job=~".*latency-adapter.*"'
@@ -87,6 +128,12 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:g} %"
 
 
+def _minutes(duration: str) -> str:
+    """"5m" -> "5 minutes"."""
+    assert re.fullmatch(r"\d+m", duration), duration
+    return f"{duration[:-1]} minutes"
+
+
 def _fill(template: str, **values: str) -> str:
     """``template`` with each ``<name>`` replaced by ``values[name]`` (Go templates keep their braces)."""
     for name, value in values.items():
@@ -119,6 +166,12 @@ def _raw(metric: str) -> str:
     return _fill("kubectl get --raw '/apis/external.metrics.k8s.io/v1beta1/namespaces/"
                  "{{ $labels.namespace }}/<metric>?labelSelector=workload%3D{{ $labels.workload }}'",
                  metric=metric)
+
+
+def _by_limit(texts: dict[str, str], otherwise: str) -> str:
+    """A template that says ``texts[$labels.limit]``, or ``otherwise`` for a limit not listed."""
+    branches = "{{ else if ".join(f'eq $labels.limit "{limit}" }}}}{text}' for limit, text in texts.items())
+    return f"{{{{ if {branches}{{{{ else }}}}{otherwise}{{{{ end }}}}"
 
 
 def _alert(name: str, expr: str, severity: str, summary: str, description: str,
@@ -220,6 +273,7 @@ def adapter_alerts() -> list[dict[str, Any]]:
     up = f"up{{{JOB_SELECTOR}}}"
     window_end = "latency_adapter_window_end_timestamp_seconds"
     dropped = "latency_adapter_series_dropped_total"
+    hits = "latency_adapter_limit_hits_total"
     return [
         _alert(
             "LatencyAdapterMetricStale",
@@ -252,7 +306,9 @@ def adapter_alerts() -> list[dict[str, Any]]:
             "5m"),
         _alert(
             "LatencyAdapterRejectingTelemetry",
-            "sum without (instance, pod) (rate(latency_adapter_otlp_rejected_total[5m])) > 0",
+            "sum without (instance, pod) (\n"
+            f'  rate(latency_adapter_otlp_rejected_total{{reason!="{BACKPRESSURE_REASON}"}}[5m])\n'
+            ") > 0",
             "warning",
             "latency-adapter rejects OTLP {{ $labels.signal }}: {{ $labels.reason }}",
             "latency-adapter (job {{ $labels.job }}) has been rejecting OTLP {{ $labels.signal }} with "
@@ -275,6 +331,42 @@ def adapter_alerts() -> list[dict[str, Any]]:
             "namespace_series_cap: store.max_series_per_namespace), counted over the last 10 minutes or "
             "since a replica started within them. Workloads or routes over the cap get no data and "
             "their HPAs hold."),
+        _alert(
+            "LatencyAdapterIngestBackpressure",
+            # Per replica (no sum): the queue and the memory are each pod's own, and so is the fix.
+            f'increase({hits}{{limit=~"{"|".join(BACKPRESSURE_LIMITS)}"}}[{LIMIT_WINDOW}]) > 0',
+            "warning",
+            "latency-adapter {{ $labels.instance }} answers OTLP 429: {{ $labels.limit }} back-pressure",
+            _fill("For <for> latency-adapter {{ $labels.instance }} (job {{ $labels.job }}) has kept "
+                  "refusing OTLP exports with 429 and Retry-After because "
+                  '{{ if eq $labels.limit "memory" }}its resident memory is over limits.memory_budget_bytes'
+                  "{{ else }}more requests were in flight than limits.otlp_high_water_requests{{ end }}: "
+                  '{{ $value | printf "%.0f" }} refused in the last <window>. Senders retry with '
+                  "back-off, so data arrives late (HPAs see older windows, or none past "
+                  "stale_after_seconds) and is lost when their retries run out. Give the replica more CPU "
+                  "or memory, send it less, or raise the limit.", window=_minutes(LIMIT_WINDOW),
+                  **{"for": _minutes(LIMIT_FOR)}),
+            LIMIT_FOR),
+        _alert(
+            "LatencyAdapterLimitsHit",
+            # Summed over replicas like the rejections: one alert per limit. Warning, not info: what is
+            # left here guards the HPA's own path (concurrent_requests answers the aggregator 429, a
+            # header or connection limit closes its connections), so sustained hits mean HPA reads
+            # failing or a client hammering the adapter, and someone should look the same day; the one
+            # harmless limit, info_workloads, cannot be hit with the default caps (store.max_series and
+            # traces.exemplar_info_max_workloads are both 10000).
+            "sum without (instance, pod) (\n"
+            f'  increase({hits}{{limit!~"{"|".join(LIMITS_ALERTED_ELSEWHERE)}"}}[{LIMIT_WINDOW}])\n'
+            ") > 0",
+            "warning",
+            "latency-adapter keeps hitting its {{ $labels.limit }} limit",
+            _fill("For <for> latency-adapter (job {{ $labels.job }}) has kept hitting its "
+                  '{{ $labels.limit }} limit, {{ $value | printf "%.0f" }} times in the last <window> '
+                  "over all replicas: <answers>. Either a client misbehaves (or attacks), or the limit is "
+                  "too tight for legitimate load.", window=_minutes(LIMIT_WINDOW),
+                  answers=_by_limit(LIMITS_HIT_ANSWERS, "see the runbook for what it answers"),
+                  **{"for": _minutes(LIMIT_FOR)}),
+            LIMIT_FOR),
     ]
 
 

@@ -9,13 +9,17 @@ What is checked, and why:
   (extracted to a file); ``promtool test rules`` runs the unit tests in ``tests/fixtures/rules`` against
   each of the two. Those tests make every alert fire and not fire at its edges (error ratio 3.3 % vs
   3.1 % and 3.2 %, canary 111 % vs 109 %, a dependency hold of 11 vs 9 minutes, a window end that stops,
-  a target that goes down or is missing, rejections that last or stop, the first and later series-cap
-  drops), check labels and every annotation (values, namespace and workload, the trace id from a
-  ``latency_adapter_p95_exemplar_info`` series), and the recording rules' values. The same tests against
+  a target that goes down or is missing, rejections that last or stop (back-pressure 429s left out), the
+  first and later series-cap drops, back-pressure and other limit hits that last against a single burst
+  or sporadic hits, limits other alerts report left out), check labels and every annotation (values,
+  namespace and workload, the trace id from a ``latency_adapter_p95_exemplar_info`` series), and the
+  recording rules' values. The same tests against
   rules generated with another error ratio threshold fail, so they are not vacuous.
 * **The contract.** The alert names, severities, ``for`` durations and runbook links (each to a section
   of ``docs/runbooks.md`` that exists); recording rule names follow ``level:metric:operations``; every
-  metric a rule reads is ``up`` or one of the adapter's, and every recorded series it reads is recorded.
+  metric a rule reads is ``up`` or one of the adapter's, and every recorded series it reads is recorded;
+  every ``limit`` of ``latency_adapter_limit_hits_total`` (``adapter.limits.LIMITS``) is reported by
+  exactly one alert, and the runbook of LatencyAdapterLimitsHit lists them all.
 * **Kubernetes.** The PrometheusRule validates against the real CRD (``tests/fixtures/crds``, strict, with
   ``tests/contract/test_manifests.py``'s helpers) and ``kubectl kustomize manifests/alerts`` renders it.
 
@@ -40,6 +44,7 @@ import jsonschema
 import pytest
 import yaml
 
+from adapter.limits import LIMITS
 from adapter.provider import METRIC_HELP
 from tests.contract import test_manifests
 from tests.contract.test_manifests import _crds, _kubectl_kustomize, _strict
@@ -65,6 +70,8 @@ ALERTS: dict[str, tuple[str, str | None]] = {
     "LatencyAdapterAbsent": ("critical", "5m"),
     "LatencyAdapterRejectingTelemetry": ("warning", "10m"),
     "LatencyAdapterSeriesCapReached": ("warning", None),
+    "LatencyAdapterIngestBackpressure": ("warning", "10m"),
+    "LatencyAdapterLimitsHit": ("warning", "10m"),
 }
 RUNBOOK_BASE = "https://github.com/latency-adapter/latency-adapter/blob/main/docs/runbooks.md"
 #: Labels the workload alerts keep (one alert per workload or canary pair, whatever the replicas).
@@ -309,7 +316,43 @@ def test_rules_read_only_the_adapters_metrics_and_recorded_series() -> None:
         "latency_adapter_p95_exemplar_info", "latency_adapter_workload_latency_seconds_bucket",
         "latency_adapter_workload_latency_seconds_count", "latency_adapter_window_end_timestamp_seconds",
         "latency_adapter_otlp_rejected_total", "latency_adapter_series_dropped_total",
+        "latency_adapter_limit_hits_total",
     }
+
+
+def _limit_matcher(rule: dict[str, Any], op: str) -> set[str]:
+    [values] = re.findall(rf'\blimit{re.escape(op)}"([^"]*)"', rule["expr"])
+    return set(values.split("|"))
+
+
+def test_every_limit_is_reported_by_exactly_one_alert() -> None:
+    """Each ``limit`` of ``latency_adapter_limit_hits_total`` has one alert: back-pressure, the catch-all
+    (whose description explains each limit it takes), or an alert on another counter of the same event."""
+    gen = generator()
+    limits = set(LIMITS)
+    elsewhere = gen.LIMITS_ALERTED_ELSEWHERE
+    assert set(elsewhere) <= limits, f"unknown limits: {set(elsewhere) - limits}"
+    assert set(elsewhere.values()) <= set(ALERTS) - {"LatencyAdapterLimitsHit"}
+    assert set(gen.BACKPRESSURE_LIMITS) == {k for k, v in elsewhere.items()
+                                            if v == "LatencyAdapterIngestBackpressure"}
+    assert set(gen.LIMITS_HIT_ANSWERS) == limits - set(elsewhere), (
+        "LIMITS_HIT_ANSWERS must describe exactly the limits LatencyAdapterLimitsHit reports")
+
+    found = alerts()
+    assert _limit_matcher(found["LatencyAdapterIngestBackpressure"], "=~") == set(gen.BACKPRESSURE_LIMITS)
+    assert _limit_matcher(found["LatencyAdapterLimitsHit"], "!~") == set(elsewhere)
+    for name in ("LatencyAdapterIngestBackpressure", "LatencyAdapterLimitsHit"):
+        assert "latency_adapter_limit_hits_total{" in found[name]["expr"], name
+    description = found["LatencyAdapterLimitsHit"]["annotations"]["description"]
+    for limit in gen.LIMITS_HIT_ANSWERS:
+        assert f'eq $labels.limit "{limit}"' in description, limit
+    # The 429s are back-pressure's alone, not also a rejection.
+    assert 'reason!="backpressure"' in found["LatencyAdapterRejectingTelemetry"]["expr"]
+
+    section = RUNBOOKS.read_text(encoding="utf-8").split("## LatencyAdapterLimitsHit\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    for limit in limits:
+        assert f"`{limit}`" in section, f"the runbook of LatencyAdapterLimitsHit does not list {limit}"
 
 
 # --------------------------------------------------------------------------------------------------

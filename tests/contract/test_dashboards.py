@@ -10,7 +10,9 @@
 * Importable by file: ``__inputs`` asks for ``DS_PROMETHEUS`` (the default of the ``datasource``
   variable), ``__requires`` names every plugin used, no data source UID but ``${datasource}`` and
   ``${trace_datasource}``, a stable ``uid``, a current ``schemaVersion``, last hour / 30 s refresh, every
-  panel described (what to look for), unique panel ids, a grid without overlaps.
+  panel described (what to look for), unique panel ids, a grid without overlaps; row headers (built-in,
+  no query, no plugin) span the grid and are not collapsed, so the panels after each are checked as they
+  are shown.
 * Every PromQL expression (panels and variables, with Grafana's variables substituted) parses with
   ``promtool check rules`` (each one a recording rule), and every metric it names is the adapter's (its
   name is in ``adapter/``) or one of :data:`EXTERNAL_METRICS`.
@@ -22,6 +24,7 @@ Helpers here (:func:`panel_queries`, :func:`substitute`, :func:`metric_names`) a
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -35,6 +38,7 @@ import jsonschema
 import pytest
 import yaml
 
+from adapter.limits import LimitSettings
 from adapter.policy import REASONS
 from tests.tooling import require_tool
 
@@ -56,6 +60,8 @@ EXTERNAL_METRICS = frozenset({
     "kube_horizontalpodautoscaler_status_current_replicas",
     "kube_horizontalpodautoscaler_spec_max_replicas",
 })
+#: Served by the adapter through prometheus_client's ProcessCollector (adapter/telemetry.py).
+PROCESS_METRICS = frozenset({"process_resident_memory_bytes"})
 #: Values for Grafana's variables when an expression is checked without Grafana.
 PARSE_VALUES = {
     "namespace": "shop", "workload": "checkout", "instance": ".*",
@@ -67,7 +73,7 @@ DATASOURCE_UIDS = {"${datasource}", "${trace_datasource}"}
 MIN_SCHEMA_VERSION = 39
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
-_METRIC = re.compile(r"\b((?:latency_adapter|kube)_[a-zA-Z0-9_]+)\b")
+_METRIC = re.compile(r"\b((?:latency_adapter|kube|process)_[a-zA-Z0-9_]+)\b")
 
 
 # Shared helpers -------------------------------------------------------------------------------------------
@@ -78,8 +84,12 @@ def load(name: str) -> dict[str, Any]:
     return doc
 
 
+def is_row(panel: Mapping[str, Any]) -> bool:
+    return bool(panel.get("type") == "row")
+
+
 def panels(doc: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, those inside rows included."""
+    """Every panel, those inside rows included (row headers too: see :func:`is_row`)."""
     for panel in doc.get("panels", []):
         yield panel
         yield from panel.get("panels", [])
@@ -174,14 +184,16 @@ def test_round_trips_through_the_sdk_typed_models(name: str) -> None:
     from grafana_foundation_sdk.cog import plugins
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import prometheus, statetimeline, table, timeseries
-    from grafana_foundation_sdk.models.dashboard import Dashboard
+    from grafana_foundation_sdk.models.dashboard import Dashboard, RowPanel
 
     plugins.register_default_plugins()  # typed panel options, field config and Prometheus queries
     body = dashboard_body(load(name))
     model = Dashboard.from_json(body)
     option_types = {"timeseries": timeseries.Options, "state-timeline": statetimeline.Options,
                     "table": table.Options}
-    for panel in model.panels or []:
+    flat = [p for top in model.panels or []
+            for p in ([top] if not isinstance(top, RowPanel) else top.panels or [])]
+    for panel in flat:
         assert isinstance(panel.options, option_types[panel.type_val]), (panel.title, type(panel.options))
         assert all(isinstance(t, prometheus.Dataquery) for t in panel.targets or []), panel.title
     assert json.loads(JSONEncoder(sort_keys=True).encode(model)) == body
@@ -264,6 +276,8 @@ def test_panels_validate_against_their_plugin_schemas(name: str) -> None:
     query_schema = _schema("prometheus")
     errors: list[str] = []
     for panel in panels(load(name)):
+        if is_row(panel):  # a row header has no options or queries; the dashboard schema checks it
+            continue
         where = f"{name}: {panel['title']}"
         plugin = _schema(PANEL_SCHEMAS[panel["type"]])
         errors += schema_errors(definition(plugin, "Options"), panel.get("options", {}), f"{where} options")
@@ -312,7 +326,7 @@ def test_importable_by_file(name: str) -> None:
         "description": "Prometheus that scrapes the latency adapter's /metrics and kube-state-metrics"}]
     requires = {(r["type"], r["id"]) for r in doc["__requires"]}
     assert ("grafana", "grafana") in requires and ("datasource", "prometheus") in requires
-    assert {("panel", p["type"]) for p in panels(doc)} <= requires
+    assert {("panel", p["type"]) for p in panels(doc) if not is_row(p)} <= requires
     assert doc["schemaVersion"] >= MIN_SCHEMA_VERSION
     assert doc["time"] == {"from": "now-1h", "to": "now"}
     assert doc["refresh"] == "30s"
@@ -332,6 +346,9 @@ def test_importable_by_file(name: str) -> None:
     for path, ref in refs:
         assert ref.get("uid") in DATASOURCE_UIDS, f"{path}: {ref} (a hard-coded data source)"
     for p in panels(doc):
+        if is_row(p):
+            assert "datasource" not in p, p["title"]
+            continue
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
         for t in p.get("targets", []):
             assert t["datasource"] == p["datasource"], (p["title"], t["refId"])
@@ -351,8 +368,14 @@ def test_every_panel_is_described_and_placed(name: str) -> None:
     cells: dict[tuple[int, int], str] = {}
     for p in panels(doc):
         title = p["title"]
-        assert p.get("description", "").strip(), f"{title}: no description"
-        assert "look" in p["description"].lower(), f"{title}: the description should say what to look for"
+        if is_row(p):
+            # A header across the grid; open, so the panels after it (up to the next row) are shown in it.
+            assert title and p["collapsed"] is False and p["panels"] == [], title
+            assert (p["gridPos"]["x"], p["gridPos"]["w"], p["gridPos"]["h"]) == (0, 24, 1), title
+        else:
+            assert p.get("description", "").strip(), f"{title}: no description"
+            assert "look" in p["description"].lower(), f"{title}: the description should say what to look for"
+            assert p.get("targets"), f"{title}: no query"
         ids.append(p["id"])
         assert isinstance(p["id"], int) and p["id"] > 0, title
         g = p["gridPos"]
@@ -362,8 +385,30 @@ def test_every_panel_is_described_and_placed(name: str) -> None:
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{title} overlaps {cells[(x, y)]} at {(x, y)}"
                 cells[(x, y)] = title
-        assert p.get("targets"), f"{title}: no query"
     assert len(ids) == len(set(ids)), f"panel ids repeat: {ids}"
+    # Grafana assigns a panel to the open row above it: every panel after a row header lies below it.
+    top = doc.get("panels", [])
+    for i, row in enumerate(top):
+        if is_row(row):
+            for p in top[i + 1:]:
+                assert p["gridPos"]["y"] > row["gridPos"]["y"], f"{p['title']} is above row {row['title']}"
+
+
+def test_health_dashboard_limits_row() -> None:
+    """A row "Limits and back-pressure" holds the limit hits by limit, the OTLP ingest queue and memory
+    against its budget: what the back-pressure and limit alerts point at."""
+    top = load("latency-adapter-health.json")["panels"]
+    [start] = [i for i, p in enumerate(top) if is_row(p) and p["title"] == "Limits and back-pressure"]
+    in_row = list(itertools.takewhile(lambda p: not is_row(p), top[start + 1:]))
+    exprs = {t["expr"] for p in in_row for t in p["targets"]}
+    assert ('sum by (limit) (rate(latency_adapter_limit_hits_total{instance=~"$instance"}'
+            '[$__rate_interval]))') in exprs
+    for metric in ("latency_adapter_otlp_inflight_requests", "latency_adapter_memory_budget_bytes"):
+        assert any(metric in e for e in exprs), metric
+    by_title = {p["title"]: p for p in in_row}
+    queue = by_title["OTLP requests in flight vs high-water mark"]
+    steps = [s["value"] for s in queue["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+    assert steps == [LimitSettings().otlp_high_water_requests], "the line is the default high-water mark"
 
 
 def test_autoscaling_dashboard_content() -> None:
@@ -478,6 +523,9 @@ def test_metric_names_are_the_adapters_or_documented() -> None:
             seen |= metric_names(text)
     for metric in sorted(seen):
         if metric in EXTERNAL_METRICS:
+            continue
+        if metric in PROCESS_METRICS:
+            assert "ProcessCollector(" in source, metric
             continue
         assert metric.startswith("latency_adapter_"), metric
         assert f'"{base_metric_name(metric)}"' in source, f"{metric}: no such metric family in adapter/"

@@ -58,6 +58,7 @@ MALFORMED = b"\x0a\x05abc"
 #: Labels the rules group by, match on or print, per metric they read. Every metric the rules read must
 #: be here (so a new one is checked too).
 LABELS: dict[str, set[str]] = {
+    "latency_adapter_limit_hits_total": {"limit"},
     "latency_adapter_workload_error_ratio": {"namespace", "workload"},
     "latency_adapter_latency_ratio": {"namespace", "workload"},
     "latency_adapter_cpu_ratio": {"namespace", "workload"},
