@@ -472,10 +472,10 @@ async def serve(settings: Settings) -> None:
         watchdog = threading.Timer(bound, _exit_at_bound, args=(bound,))
         watchdog.daemon = True
         watchdog.start()
-        service.begin_shutdown()
         demo_stop.set()
-        if demo_thread is not None:
+        if demo_thread is not None:  # the demo's last batches go in before the receiver starts refusing
             await asyncio.to_thread(demo_thread.join, min(5.0, bound / 4))
+        service.begin_shutdown()
         report = await service.shutdown(received[0] if received else "cancelled")
         # The last line the process writes: what it applied, for reconciling with what clients sent.
         log.info("stopped", extra={"fields": {"event": "shutdown", **dataclasses.asdict(report)}})
