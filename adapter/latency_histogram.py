@@ -37,6 +37,7 @@ scrape, in turn (round robin); the others show the ones chosen for them the time
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import utils as prometheus_utils
@@ -58,6 +59,8 @@ BUCKET_LABELS = (*(_go_float(b) for b in REQUEST_BUCKETS), "+Inf")
 EXEMPLAR_QUANTILES = (0.95, 0.99, 0.50)
 #: Workloads that get exemplars per scrape at most (each costs one window view).
 MAX_EXEMPLAR_WORKLOADS = 500
+#: The ticker rebuilds the family while a scrape came within this many seconds.
+SCRAPED_RECENTLY_SECONDS = 120.0
 
 
 def bucket_index(seconds: float) -> int:
@@ -104,6 +107,7 @@ class LatencyHistogramCollector(Collector):
         #: What scrapes show: built by :meth:`refresh` (or by a scrape when nothing refreshes).
         self._family: HistogramMetricFamily | None = None
         self._refreshed = False
+        self._scraped_at = -1e18
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         """The family built by the last :meth:`refresh`; built now when nothing calls it (tests, tools)."""
@@ -111,14 +115,18 @@ class LatencyHistogramCollector(Collector):
             for _ in self._build(self._clock()):
                 pass
         assert self._family is not None
+        self._scraped_at = time.monotonic()
         yield self._family
 
     async def refresh(self, now: float, pacer: Pacer) -> None:
-        """Build the family for the next scrapes in turns (the service's ticker, once per slice).
+        """Build the family for the next scrape in turns (the service's ticker, once per slice, while
+        something scrapes: none within :data:`SCRAPED_RECENTLY_SECONDS`, no work).
 
         With ten thousand workloads a scrape would otherwise hold the event loop for a second; built
         here, the numbers a scrape shows are at most one slice old, which a ``rate()`` never notices.
         """
+        if self._refreshed and time.monotonic() - self._scraped_at > SCRAPED_RECENTLY_SECONDS:
+            return  # nobody scrapes: building would be work for nothing (a scrape then builds it once)
         for _ in self._build(now):
             await pacer.turn()
         self._refreshed = True

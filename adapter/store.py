@@ -247,7 +247,7 @@ class WorkloadRequests:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a snapshot with arrays: compared by identity, never by value
 class WindowView:
     """What the window of one or more series holds at one moment (a read-only snapshot)."""
 
@@ -255,9 +255,19 @@ class WindowView:
     count: float
     errors: float
     seconds: float
-    candidates: tuple[Exemplar, ...]
+    #: Candidate requests: packed (``CANDIDATE_DTYPE``, as the store builds views: unpacked only for the
+    #: one request picked) or a tuple of :class:`Exemplar`.
+    candidates: tuple[Exemplar, ...] | np.ndarray[Any, Any]
     error_trace_id: str
     labels: dict[str, str]
+
+    def exemplars(self) -> tuple[Exemplar, ...]:
+        """Every candidate request as an :class:`Exemplar` (unpacked on demand: debugging and tests)."""
+        candidates = self.candidates
+        if not isinstance(candidates, np.ndarray):
+            return tuple(candidates)
+        return tuple(Exemplar(float(sec), bytes(tid).hex()) for sec, tid in zip(
+            candidates["seconds"].tolist(), candidates["trace_id"].tolist(), strict=True))
 
     def exemplar_near(self, value: float,
                       tolerance: float = 2 * DEFAULT_RELATIVE_ACCURACY) -> Exemplar | None:
@@ -267,16 +277,19 @@ class WindowView:
         value may be the true p95 request; beyond that tolerance a slower request is preferred to a
         faster one, because "this request was at least this slow" is what an engineer follows.
         """
-        if not self.candidates:
+        candidates = self.candidates
+        if len(candidates) == 0:
             return None
         floor = value * (1.0 - tolerance)
-        pool: Sequence[Exemplar] = [c for c in self.candidates if c.seconds >= floor] or self.candidates
-        return min(pool, key=lambda c: abs(c.seconds - value))
-
-
-def _unpack(packed: np.ndarray[Any, Any]) -> list[Exemplar]:
-    return [Exemplar(float(sec), bytes(tid).hex()) for sec, tid in zip(
-        packed["seconds"].tolist(), packed["trace_id"].tolist(), strict=True)]
+        if isinstance(candidates, np.ndarray):  # vectorised: a window holds hundreds of candidates
+            seconds = candidates["seconds"]
+            pool = np.flatnonzero(seconds >= floor)
+            if pool.size == 0:
+                pool = np.arange(seconds.shape[0])
+            i = int(pool[np.argmin(np.abs(seconds[pool] - value))])
+            return Exemplar(float(seconds[i]), bytes(candidates["trace_id"][i]).hex())
+        listed: Sequence[Exemplar] = [c for c in candidates if c.seconds >= floor] or candidates
+        return min(listed, key=lambda c: abs(c.seconds - value))
 
 
 class WindowStore:
@@ -718,7 +731,7 @@ class WindowStore:
             count=sum(s.window_count for s in live) + sum(sl.count for sl in opened.values()),
             errors=sum(s.window_errors for s in live) + sum(sl.errors for sl in opened.values()),
             seconds=max(seconds, 1.0),
-            candidates=tuple(_unpack(np.concatenate(packed))) if packed else (),
+            candidates=np.concatenate(packed) if packed else _NO_CANDIDATES,
             error_trace_id=error_trace,
             labels=common,
         )

@@ -166,8 +166,8 @@ def test_trace_id_is_kept_as_lower_case_hex_exemplar(as_json: bool) -> None:
     assert view is not None
     expected = trace_id(5).hex()
     assert len(expected) == 32 and expected == expected.lower()
-    assert [c.trace_id for c in view.candidates] == [expected]
-    assert view.candidates[0].seconds == pytest.approx(0.123)
+    assert [c.trace_id for c in view.exemplars()] == [expected]
+    assert view.exemplars()[0].seconds == pytest.approx(0.123)
     exemplar = view.exemplar_near(view.sketch.quantile(0.95) or 0)
     assert exemplar is not None and exemplar.trace_id == expected
 
@@ -180,10 +180,10 @@ def test_exemplar_candidates_come_from_the_batch_tail() -> None:
     by_trace = {s.trace_id.hex(): (s.end_time_unix_nano - s.start_time_unix_nano) / SECOND_NS for s in spans}
     send_traces(ingestor, trace_request([(RESOURCE, spans)]))
     view = served(ingestor)
-    assert view is not None and view.candidates
-    for c in view.candidates:
+    assert view is not None and len(view.candidates)
+    for c in view.exemplars():
         assert by_trace[c.trace_id] == pytest.approx(c.seconds)  # real requests with their own latencies
-    seconds = sorted(c.seconds for c in view.candidates)
+    seconds = sorted(c.seconds for c in view.exemplars())
     assert seconds[-1] == pytest.approx(float(durations.max()))  # the slowest request is offered
     for q in (0.5, 0.95, 0.99):  # and one at each upper quantile of the batch
         exact = float(np.percentile(durations, q * 100))
@@ -225,7 +225,7 @@ def test_otlp_json_written_by_hand_is_understood() -> None:
     view = served(ingestor)
     assert view is not None and view.count == 1 and view.errors == 1
     assert view.error_trace_id == tid
-    assert view.candidates[0].trace_id == tid
+    assert view.exemplars()[0].trace_id == tid
     assert view.sketch.quantile(0.5) == pytest.approx(0.25, rel=1.01 * ALPHA)
     assert json.loads(payload) == {}  # an empty ExportTraceServiceResponse, as JSON
 
@@ -337,7 +337,7 @@ def test_negative_durations_are_rejected_with_reason(as_json: bool) -> None:
     view = served(ingestor)
     assert view is not None and view.count == 1
     # The rejected spans are not exemplars.
-    assert [c.trace_id for c in view.candidates] == [trace_id(0).hex()]
+    assert [c.trace_id for c in view.exemplars()] == [trace_id(0).hex()]
 
 
 def test_only_negative_durations_leave_no_series_data() -> None:
@@ -684,7 +684,7 @@ def test_histogram_exemplars_become_candidates_in_seconds(as_json: bool) -> None
     send_metrics(ingestor, metrics_request(RESOURCE, [metric]), as_json)
     view = served(ingestor, KEY)
     assert view is not None
-    got = sorted((c.trace_id, round(c.seconds, 9)) for c in view.candidates)
+    got = sorted((c.trace_id, round(c.seconds, 9)) for c in view.exemplars())
     assert got == [(trace_id(42).hex(), 0.18), (trace_id(43).hex(), 0.06)]
 
 

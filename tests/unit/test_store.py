@@ -524,11 +524,11 @@ def test_trace_ids_survive_the_slice_closing(last_byte: str) -> None:
                         [Exemplar(s, t) for s, t in zip((0.1, 0.2, 0.3), trace_ids, strict=True)], T0)
     open_view = store.view(store.all_series(), now=T0 + 1.0)
     assert open_view is not None
-    assert sorted(c.trace_id for c in open_view.candidates) == trace_ids
+    assert sorted(c.trace_id for c in open_view.exemplars()) == trace_ids
     view = view_now(store, T0 + 5.0)
     assert view is not None
-    assert sorted(c.trace_id for c in view.candidates) == trace_ids
-    assert sorted(c.seconds for c in view.candidates) == [0.1, 0.2, 0.3]
+    assert sorted(c.trace_id for c in view.exemplars()) == trace_ids
+    assert sorted(c.seconds for c in view.exemplars()) == [0.1, 0.2, 0.3]
 
 
 # --- the open slice ----------------------------------------------------------------------------------------
@@ -547,7 +547,7 @@ def test_view_with_now_adds_the_open_slice_so_far() -> None:
     assert (live.count, live.errors) == (130, 3)
     assert live.seconds == pytest.approx(7.0)  # from the first request (T0 + 1) to now (T0 + 8)
     assert live.sketch.quantile(1.0) == pytest.approx(0.4, rel=1.01 * ALPHA)
-    assert "ab" * 16 in {c.trace_id for c in live.candidates}
+    assert "ab" * 16 in {c.trace_id for c in live.exemplars()}
     assert closed.sketch.quantile(1.0) == pytest.approx(0.1, rel=1.01 * ALPHA)  # the closed view is untouched
 
 
