@@ -16,6 +16,7 @@ from statistics import NormalDist
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.process import ADAPTER_BIN
 
@@ -114,3 +115,26 @@ def test_a_wrong_baseline_or_no_adapter_is_a_usage_error(released: Any) -> None:
     assert result.returncode == 2
     assert url in result.stderr and "latency-adapter gate:" in result.stderr, result.stderr
     assert sys.executable  # the same interpreter runs the CLI (ADAPTER_BIN sits beside it)
+
+
+def test_through_a_kubeconfig_as_in_a_pipeline(released: Any, tmp_path: Any) -> None:
+    """The default path: the kubernetes client and a kubeconfig. Here the kubeconfig's server is the
+    adapter itself, which serves the same external.metrics.k8s.io paths the aggregator forwards."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "ci",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{released.api_port}",
+                                               "certificate-authority": str(released.cert_file)}}],
+        "users": [{"name": "u", "user": {"token": "pipeline-token"}}],
+        "contexts": [{"name": "ci", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    result = subprocess.run(
+        [str(ADAPTER_BIN), "gate", "--namespace", "rel", "--canary", "pass-canary", "--baseline", "pass-base",
+         "--kubeconfig", str(kubeconfig), "--json"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"] == "pass"
+    missing = subprocess.run(
+        [str(ADAPTER_BIN), "gate", "--namespace", "rel", "--canary", "a", "--baseline", "b",
+         "--kubeconfig", str(tmp_path / "absent")], capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "absent" in missing.stderr, missing.stderr
