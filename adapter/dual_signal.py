@@ -107,7 +107,7 @@ class DualSignal:
         self.external = external
 
     def select(self, namespace: str, selector: Selector) -> Selection:
-        series = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        series = self.store.matching(namespace, selector)
         names = {s.key.workload for s in series}
         names |= {w for w in self.cpu.workloads(namespace) if selector.matches({"workload": w})}
         if self.external is not None:
@@ -221,8 +221,7 @@ class DualSignal:
         for pair in self._policy().canaries:
             counts = []
             for workload in (pair.canary, pair.baseline):
-                view = self.store.view([x for x in self.store.series_in(pair.namespace)
-                                        if x.key.workload == workload], now=now)
+                view = self.store.view(self.store.series_of(pair.namespace, workload), now=now)
                 counts.append(0 if view is None else round(view.count))
             reading = CanaryReading(counts[0], counts[1])
             try:
@@ -291,8 +290,8 @@ class DualSignal:
             raise NoData(f"workload {canary!r} in namespace {namespace!r} is not a canary in the config "
                          "(canaries: [{namespace, canary, baseline}])")
         # The baseline's series are the ones the same selector would pick if they were the canary's.
-        base_series = [x for x in self.store.series_in(namespace) if x.key.workload == baseline
-                       and selector.matches({**x.key.labels(), "workload": canary})]
+        base_series = [x for x in self.store.series_of(namespace, baseline)
+                       if selector.matches({**x.key.labels(), "workload": canary})]
         s = selection.settings
         theirs, their_view = self.latency(Selection((baseline,), base_series, s, namespace), 0.95, now)
         for name, signal in ((canary, mine), (baseline, theirs)):

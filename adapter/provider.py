@@ -140,7 +140,7 @@ class MetricsProvider:
                 return _Cached(tick, None, exc)
             return _Cached(tick, Reading(metric, served.value, at, self.store.settings.window_seconds,
                                          served.labels), None)
-        matched = [s for s in self.store.series_in(namespace) if selector.matches(s.key.labels())]
+        matched = self.store.matching(namespace, selector)
         view = self.store.view(matched, now=at)
         if self.prometheus is not None:
             routed = self._from_prometheus(namespace, metric, selector, matched, view is not None, tick, at)

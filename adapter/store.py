@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from .model import Exemplar, SeriesKey
+from .selector import Selector
 from .sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch, merged
 
 #: Exemplar candidates kept per slice; enough to cover a slice's upper tail at a fixed memory cost.
@@ -298,6 +299,9 @@ class WindowStore:
     def __init__(self, settings: StoreSettings | None = None) -> None:
         self.settings = settings or StoreSettings()
         self._series: dict[SeriesKey, Series] = {}
+        #: The same series by (namespace, workload): a selector naming the workload (what every HPA
+        #: sends) finds its series without scanning the namespace.
+        self._by_workload: dict[WorkloadKey, dict[SeriesKey, Series]] = {}
         self._per_namespace: dict[str, int] = {}
         self.epoch: int | None = None  # id of the last closed slice
         #: The epoch the last complete :meth:`sweep` started at (series that emptied before it are gone).
@@ -495,6 +499,7 @@ class WindowStore:
             return None
         series = Series(key, self.settings.slices + 1, self.settings.relative_accuracy, now, self.epoch)
         self._series[key] = series
+        self._by_workload.setdefault((key.namespace, key.workload), {})[key] = series
         self._per_namespace[key.namespace] = in_ns + 1
         workload = (key.namespace, key.workload)
         counts = self._requests.get(workload)
@@ -511,6 +516,11 @@ class WindowStore:
 
     def _remove(self, key: SeriesKey) -> None:
         del self._series[key]
+        owner = (key.namespace, key.workload)
+        members = self._by_workload[owner]
+        del members[key]
+        if not members:
+            del self._by_workload[owner]
         left = self._per_namespace[key.namespace] - 1
         if left:
             self._per_namespace[key.namespace] = left
@@ -610,6 +620,20 @@ class WindowStore:
 
     def series_in(self, namespace: str) -> list[Series]:
         return [s for k, s in self._series.items() if k.namespace == namespace]
+
+    def series_of(self, namespace: str, workload: str) -> list[Series]:
+        """The series of one workload (an index lookup)."""
+        return list(self._by_workload.get((namespace, workload), {}).values())
+
+    def matching(self, namespace: str, selector: Selector) -> list[Series]:
+        """The series of ``namespace`` whose labels ``selector`` matches; an index lookup when the
+        selector pins ``workload`` (``workload=x`` or ``workload in (x)``), else a scan."""
+        workload = selector.equalities().get("workload")
+        if workload is not None:
+            candidates = self.series_of(namespace, workload)
+        else:
+            candidates = self.series_in(namespace)
+        return [s for s in candidates if selector.matches(s.key.labels())]
 
     def all_series(self) -> list[Series]:
         return list(self._series.values())
