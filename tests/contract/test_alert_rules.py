@@ -35,19 +35,17 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
 from adapter.limits import LIMITS
 from adapter.provider import METRIC_HELP
-from tests.contract import test_manifests
-from tests.contract.test_manifests import _crds, _kubectl_kustomize, _strict
+from tests.contract.test_manifests import _crd_errors, _crds, _kubectl_kustomize, _python_patterns
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).parents[2]
@@ -475,42 +473,10 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
 # Kubernetes: the CRD and kustomize
 # --------------------------------------------------------------------------------------------------
 
-#: An inline flag group right after ``^`` (RE2 allows flags anywhere; Python only at the start).
-_RE2_LEADING_FLAGS = re.compile(r"^\^\(\?([imsU]+)\)")
-
-
-def _python_patterns(schema: Any) -> Any:
-    """The schema with RE2 ``pattern`` s Python's ``re`` rejects rewritten to the same language.
-
-    The PrometheusRule CRD has ``partial_response_strategy: {pattern: "^(?i)(abort|warn)?$"}``; Python
-    3.11 refuses a global flag after ``^``. Moving it in front of the ``^`` matches the same strings.
-    """
-    if isinstance(schema, list):
-        return [_python_patterns(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _python_patterns(value) for key, value in schema.items()}
-    if isinstance(schema.get("pattern"), str):
-        out["pattern"] = _RE2_LEADING_FLAGS.sub(r"(?\1)^", schema["pattern"])
-    return out
-
-
-@functools.cache
-def _crd_validator(group: str, kind: str, version: str) -> jsonschema.Draft4Validator:
-    """``test_manifests._crd_validator`` with :func:`_python_patterns` applied before ``_strict``."""
-    crd = _crds()[(group, kind)]
-    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    assert entry["served"], f"{group}/{version} {kind} is not served by its CRD"
-    schema = _strict(_python_patterns(entry["schema"]["openAPIV3Schema"]))
-    jsonschema.Draft4Validator.check_schema(schema)
-    return jsonschema.Draft4Validator(schema)
-
-
 @pytest.fixture
-def crd_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, Any]], list[str]]]:
-    """``test_manifests._crd_errors`` (the CRD schema, strict, plus metadata as a strict ObjectMeta)."""
-    monkeypatch.setattr(test_manifests, "_crd_validator", _crd_validator)
-    yield test_manifests._crd_errors
+def crd_errors() -> Callable[[dict[str, Any]], list[str]]:
+    """``test_manifests._crd_errors``: the CRD schema, strict, plus metadata as a strict ObjectMeta."""
+    return _crd_errors
 
 
 def test_the_crd_fixture_is_prometheus_operators() -> None:

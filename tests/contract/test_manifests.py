@@ -260,12 +260,32 @@ def _strict(schema: Any) -> Any:
     return out
 
 
+#: An inline flag group right after ``^`` (RE2 allows flags anywhere; Python only at the start).
+_RE2_LEADING_FLAGS = re.compile(r"^\^\(\?([imsU]+)\)")
+
+
+def _python_patterns(schema: Any) -> Any:
+    """The schema with RE2 ``pattern`` s Python's ``re`` rejects rewritten to the same language.
+
+    The PrometheusRule CRD has ``partial_response_strategy: {pattern: "^(?i)(abort|warn)?$"}``; Python
+    3.11 refuses a global flag after ``^``. Moving it in front of the ``^`` matches the same strings.
+    """
+    if isinstance(schema, list):
+        return [_python_patterns(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _python_patterns(value) for key, value in schema.items()}
+    if isinstance(schema.get("pattern"), str):
+        out["pattern"] = _RE2_LEADING_FLAGS.sub(r"(?\1)^", schema["pattern"])
+    return out
+
+
 @functools.cache
 def _crd_validator(group: str, kind: str, version: str) -> jsonschema.Draft4Validator:
     crd = _crds()[(group, kind)]
     [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
     assert entry["served"], f"{group}/{version} {kind} is not served by its CRD"
-    schema = _strict(entry["schema"]["openAPIV3Schema"])
+    schema = _strict(_python_patterns(entry["schema"]["openAPIV3Schema"]))
     # OpenAPI 3.0 schemas are JSON Schema draft 4/5 in spirit (boolean exclusiveMinimum...).
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
