@@ -106,12 +106,16 @@ class LatencyHistogramCollector(Collector):
         self._shown: dict[WorkloadKey, dict[int, PromExemplar]] = {}
         #: What scrapes show: built by :meth:`refresh` (or by a scrape when nothing refreshes).
         self._family: HistogramMetricFamily | None = None
-        self._refreshed = False
+        #: Whether the ticker rebuilt the family at the last slice (False before it ever ran, and while
+        #: it skips the work because nobody scrapes).
+        self._current = False
         self._scraped_at = -1e18
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        """The family built by the last :meth:`refresh`; built now when nothing calls it (tests, tools)."""
-        if not self._refreshed or self._family is None:
+        """The family built by the last :meth:`refresh`; built now when it is not current (nothing calls
+        :meth:`refresh`, as in tests and tools, or the first scrape after nobody scraped for a while,
+        which must not see the counts of minutes ago)."""
+        if not self._current or self._family is None:
             for _ in self._build(self._clock()):
                 pass
         assert self._family is not None
@@ -125,11 +129,12 @@ class LatencyHistogramCollector(Collector):
         With ten thousand workloads a scrape would otherwise hold the event loop for a second; built
         here, the numbers a scrape shows are at most one slice old, which a ``rate()`` never notices.
         """
-        if self._refreshed and time.monotonic() - self._scraped_at > SCRAPED_RECENTLY_SECONDS:
-            return  # nobody scrapes: building would be work for nothing (a scrape then builds it once)
+        if time.monotonic() - self._scraped_at > SCRAPED_RECENTLY_SECONDS:
+            self._current = False  # nobody scrapes: building would be work for nothing (a scrape will)
+            return
         for _ in self._build(now):
             await pacer.turn()
-        self._refreshed = True
+        self._current = True
 
     def _build(self, now: float) -> Iterator[None]:
         """Build the family into ``self._family``; yields between workloads (pause points)."""

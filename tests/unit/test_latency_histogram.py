@@ -420,3 +420,34 @@ def test_text_format_has_the_histogram_without_exemplars() -> None:
 def test_fractional_counts_are_rounded_without_passing_the_total() -> None:
     counts = WorkloadRequests("shop", "w", (0.4, 2.6, 9.7, *([10.2] * (len(REQUEST_BUCKETS) - 3))), 10.0, 1.0)
     assert bucket_samples(counts) == [0, 3, 10, *([10] * (len(REQUEST_BUCKETS) - 3)), 10]
+
+
+def count_sample(samples: list[Sample], workload: str = "checkout") -> float:
+    return next(s.value for s in samples if s.name == f"{NAME}_count" and s.labels["workload"] == workload)
+
+
+async def test_the_first_scrape_after_nobody_scraped_shows_todays_counts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ticker stops rebuilding while nobody scrapes; the scrape that comes back must not see the
+    counts of the last rebuild (a Prometheus that restarted would read a rate that never happened)."""
+    from adapter import latency_histogram
+    from adapter.pacing import Pacer
+
+    monotonic = [5000.0]
+    monkeypatch.setattr(latency_histogram.time, "monotonic", lambda: monotonic[0])
+    store = WindowStore()
+    key = SeriesKey("shop", "checkout")
+    clock = FakeClock(T0 + 2)
+    store.add_durations(key, np.full(100, 0.2), 0, [], T0 + 1)
+    collector = LatencyHistogramCollector(store, clock)
+    await collector.refresh(clock(), Pacer())  # nobody has scraped yet: no work, the scrape builds
+    assert count_sample(scrape(collector)) == 100
+    store.add_durations(key, np.full(50, 0.2), 0, [], T0 + 2)
+    clock.advance(5)
+    await collector.refresh(clock(), Pacer())  # scraped just now: rebuilt by the ticker
+    assert count_sample(scrape(collector)) == 150
+    monotonic[0] += latency_histogram.SCRAPED_RECENTLY_SECONDS + 1  # nobody scrapes for a while
+    store.add_durations(key, np.full(25, 0.2), 0, [], T0 + 7)
+    clock.advance(5)
+    await collector.refresh(clock(), Pacer())  # skipped
+    assert count_sample(scrape(collector)) == 175
