@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from adapter.quantity import parse_quantity
+from adapter.sources.prometheus_config import PrometheusSettings
 from tests.scraping_server import free_port
 
 NS, WORKLOAD = "shop", "checkout"
@@ -49,13 +50,17 @@ class Exporter(Collector):
     def collect(self) -> Iterator[Metric]:
         elapsed = time.time() - self.started
         batches = int(elapsed * BATCHES_PER_SECOND)
+        last_batch = self.started + batches / BATCHES_PER_SECOND
         hist = HistogramMetricFamily(METRIC, "Request latency.",
                                      labels=["namespace", "workload", "http_response_status_code"])
         for code, shape in BATCH.items():
             cumulative, buckets = 0, []
             for bound, n, (trace_id, value) in zip(BOUNDS, shape, EXEMPLARS, strict=True):
                 cumulative += n * batches
-                exemplar = Exemplar({"trace_id": trace_id}, value) if code == "200" and batches else None
+                # Timestamped at the last batch: Prometheus drops an exemplar equal to the one before it,
+                # and without a timestamp each scrape's would be equal, so only the first would be kept.
+                exemplar = Exemplar({"trace_id": trace_id}, value, last_batch) \
+                    if code == "200" and batches else None
                 count = float(cumulative)
                 buckets.append((bound, count, exemplar) if exemplar else (bound, count))
             hist.add_metric([NS, WORKLOAD, code], buckets, sum_value=0.1 * cumulative)  # type: ignore[arg-type]
@@ -87,6 +92,16 @@ def serve_exporter() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def window_full(query: Callable[[str, float | None], list[dict[str, Any]]], full: int,
+                refresh_seconds: float) -> bool:
+    """Whether every pod's CPU counter has ``full`` samples in the window the adapter will ask about:
+    the adapter queries ``query_offset_seconds`` (2 s by default) behind the clock, rounded down to its
+    refresh interval, and a rate over a window the data only partly covers is lower."""
+    at = time.time() - PrometheusSettings.query_offset_seconds - refresh_seconds
+    counts = query(f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])', at)
+    return len(counts) == len(PODS) and all(float(c["value"][1]) >= full for c in counts)
 
 
 def number(item: dict[str, Any]) -> float:

@@ -5,6 +5,7 @@ sources:
   prometheus:
     url: http://prometheus.monitoring:9090
     refresh_seconds: 15
+    query_offset_seconds: 2       # query this far behind the clock (late samples settle first)
     timeout_seconds: 5
     window_seconds: 60
     latency_metric: http_server_request_duration_seconds   # classic: <name>_bucket
@@ -24,11 +25,13 @@ workloads:
 
 How it works: a background loop (:meth:`PrometheusSource.run`) queries every configured workload whose
 ``source`` includes ``prometheus`` (exact names from ``workloads`` entries, no globs) every
-``refresh_seconds``, at a ``time=`` rounded *down* to the refresh interval so that replicas ask the same
-question and get the same answer. Results go into :class:`PrometheusCache` with that time; API requests
-read the cache only and never start a query. CPU utilisation also goes into the CPU registry
-(:meth:`~adapter.cpu.CpuSignals.put_workload`, as usage = utilisation, request = 1 core), so
-``cpu_utilization`` and ``dual_signal_ratio`` work unchanged through the policy.
+``refresh_seconds``, at a ``time=`` ``query_offset_seconds`` behind the clock and rounded *down* to the
+refresh interval, so that replicas ask the same question and get the same answer (the offset lets a
+scrape that started just before that time be stored before anyone asks). Results go into
+:class:`PrometheusCache` with that time; API requests read the cache only and never start a query. CPU
+utilisation also goes into the CPU registry (:meth:`~adapter.cpu.CpuSignals.put_workload`, as usage =
+utilisation, request = 1 core), so ``cpu_utilization`` and ``dual_signal_ratio`` work unchanged through
+the policy.
 
 Missing data is missing: an empty result, ``NaN`` or ``±Inf`` is never a value (the API answers 404). A
 failed query (timeout, connection, HTTP status, bad response; each counted by kind) keeps the last value
@@ -209,7 +212,7 @@ class PrometheusSource:
 
     async def check_templates(self) -> None:
         """Ask the backend whether every template parses; a ``400 bad_data`` is a :class:`ConfigError`."""
-        at = align(self._clock(), self.settings.refresh_seconds)
+        at = align(self._clock(), self.settings.refresh_seconds, self.settings.query_offset_seconds)
         custom = dict(self.settings.queries)
         for key, template in self.templates.items():
             promql = expand(template, CHECK_NAMESPACE, CHECK_WORKLOAD, self.settings.window_seconds)
@@ -232,7 +235,7 @@ class PrometheusSource:
 
     async def run(self) -> None:
         """Refresh at every multiple of ``refresh_seconds`` until cancelled."""
-        refresh = self.settings.refresh_seconds
+        refresh, offset = self.settings.refresh_seconds, self.settings.query_offset_seconds
         try:
             while True:
                 try:
@@ -240,12 +243,12 @@ class PrometheusSource:
                 except Exception:  # the loop must outlive any surprise; values go stale on their own
                     log.exception("prometheus refresh failed")
                 now = self._clock()
-                await asyncio.sleep(align(now, refresh) + refresh - now + 0.05)
+                await asyncio.sleep(align(now, refresh, offset) + refresh + offset - now + 0.05)
         finally:
             await self.client.close()
 
     async def refresh_once(self) -> None:
-        at = align(self._clock(), self.settings.refresh_seconds)
+        at = align(self._clock(), self.settings.refresh_seconds, self.settings.query_offset_seconds)
         workloads = self.cache.configured()
         self.cache.forget_others(set(workloads))
         await asyncio.gather(*(self._refresh(ns, w, at) for ns, w in workloads))

@@ -49,6 +49,11 @@ _METRIC_NAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
 class PrometheusSettings:
     url: str
     refresh_seconds: float = 15.0
+    #: How far behind the clock the query time stays. A scrape's samples carry the time the scrape
+    #: started but become visible only once it is stored (later still through remote write or
+    #: VictoriaMetrics' in-memory buffer); querying a moment after the aligned time would let one replica
+    #: see a late sample that another replica, asking a few milliseconds earlier, did not.
+    query_offset_seconds: float = 2.0
     timeout_seconds: float = 5.0
     window_seconds: int = 60
     latency_metric: str = "http_server_request_duration_seconds"
@@ -71,9 +76,9 @@ class PrometheusSettings:
         return {**builtin_queries(self), **dict(self.queries)}
 
 
-_KEYS = ("url", "refresh_seconds", "timeout_seconds", "window_seconds", "latency_metric", "histogram",
-         "labels", "error_status_regex", "queries", "headers", "bearer_token_file", "basic_auth", "ca_file",
-         "max_concurrency")
+_KEYS = ("url", "refresh_seconds", "query_offset_seconds", "timeout_seconds", "window_seconds",
+         "latency_metric", "histogram", "labels", "error_status_regex", "queries", "headers",
+         "bearer_token_file", "basic_auth", "ca_file", "max_concurrency")
 _LABEL_KEYS = {"namespace": "namespace_label", "workload": "workload_label",
                "status_code": "status_code_label"}
 
@@ -113,6 +118,9 @@ def prometheus_settings_from_mapping(path: str, body: Any) -> PrometheusSettings
     out: dict[str, Any] = {"url": url.rstrip("/")}
     if "refresh_seconds" in doc:
         out["refresh_seconds"] = _number(f"{path}.refresh_seconds", doc["refresh_seconds"], 1, 3600)
+    if "query_offset_seconds" in doc:
+        out["query_offset_seconds"] = _number(f"{path}.query_offset_seconds", doc["query_offset_seconds"],
+                                              0, 3600)
     if "timeout_seconds" in doc:
         out["timeout_seconds"] = _number(f"{path}.timeout_seconds", doc["timeout_seconds"], 0.1, 300)
     if "window_seconds" in doc:
@@ -247,6 +255,7 @@ def expand(template: str, namespace: str, workload: str, window_seconds: int, qu
     return _PLACEHOLDER.sub(one, template)
 
 
-def align(now: float, refresh_seconds: float) -> float:
-    """``now`` rounded down to the refresh interval: every replica queries the same time."""
-    return math.floor(now / refresh_seconds) * refresh_seconds
+def align(now: float, refresh_seconds: float, offset_seconds: float = 0.0) -> float:
+    """``now - offset_seconds`` rounded down to the refresh interval: every replica queries the same time,
+    and only data that has had ``offset_seconds`` to become visible."""
+    return math.floor((now - offset_seconds) / refresh_seconds) * refresh_seconds

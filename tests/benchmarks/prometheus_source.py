@@ -110,7 +110,7 @@ def run() -> list[Row]:
     from tests.integration.conftest import AdapterProcess
     from tests.integration.process import wait_for
     from tests.prometheus import PrometheusServer
-    from tests.promql_exporter import NS, PODS, SELECTOR, WINDOW, WORKLOAD, serve_exporter
+    from tests.promql_exporter import NS, SELECTOR, WINDOW, WORKLOAD, serve_exporter, window_full
 
     path = ("/apis/external.metrics.k8s.io/v1beta1/namespaces/" + NS + "/latency_p95_seconds"
             "?labelSelector=" + SELECTOR.replace("=", "%3D"))
@@ -123,12 +123,8 @@ def run() -> list[Row]:
         try:
             prom.wait_scraped()
 
-            def window_full() -> bool:
-                counts = prom.query(
-                    f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])')
-                return len(counts) == len(PODS) and all(float(c["value"][1]) >= WINDOW for c in counts)
-
-            wait_for(window_full, WINDOW + 20, "a full window of scrapes", interval=0.5)
+            wait_for(lambda: window_full(prom.query, WINDOW, REFRESH), WINDOW + 20,
+                     "a full window of scrapes", interval=0.5)
             proxy = subprocess.Popen([sys.executable, "-c", PROXY, prom.url(""), str(DELAY)],
                                      stdout=subprocess.PIPE, text=True)
             assert proxy.stdout is not None

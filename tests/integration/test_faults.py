@@ -52,7 +52,9 @@ FAST = 1.0
 #: The adapter's HTTP timeout for Kubernetes API calls (not configurable: the client's default).
 KUBE_TIMEOUT = 5.0
 KUBE_STALE = 5.0
-PROM_STALE = 4.0
+#: A value is already refresh_seconds (1) + query_offset_seconds (2, the default) old when it is new; this
+#: leaves about 3 s of fail static to observe.
+PROM_STALE = 6.0
 PROM_TIMEOUT = 0.5
 CHECKOUT, CART = "workload=checkout", "workload=cart"
 CPU_ERRORS = "latency_adapter_cpu_poll_errors_total"

@@ -18,7 +18,16 @@ import pytest
 
 from tests.integration.conftest import AdapterFactory, AdapterProcess
 from tests.integration.process import wait_for
-from tests.promql_exporter import NS, PODS, SELECTOR, STALE_AFTER, WINDOW, WORKLOAD, serve_exporter, timestamp
+from tests.promql_exporter import (
+    NS,
+    SELECTOR,
+    STALE_AFTER,
+    WINDOW,
+    WORKLOAD,
+    serve_exporter,
+    timestamp,
+    window_full,
+)
 
 if TYPE_CHECKING:
     from tests.prometheus import PrometheusFactory
@@ -58,12 +67,7 @@ def test_two_replicas_serve_the_same_values(
         backend: Backend, adapter_factory: AdapterFactory) -> None:
     url, query, full = backend
 
-    def window_full() -> bool:
-        promql = f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])'
-        counts = query(promql)
-        return len(counts) == len(PODS) and all(float(c["value"][1]) >= full for c in counts)
-
-    wait_for(window_full, WINDOW + 30, "a full window of scrapes", interval=0.5)
+    wait_for(lambda: window_full(query, full, 2), WINDOW + 30, "a full window of scrapes", interval=0.5)
     config = {
         "store": {"window_seconds": 30, "slice_seconds": 1},
         "sources": {"prometheus": {"url": url, "refresh_seconds": 2, "timeout_seconds": 1,

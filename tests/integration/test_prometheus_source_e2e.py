@@ -29,7 +29,6 @@ from tests.promql_exporter import (
     BATCHES_PER_SECOND,
     EXEMPLARS,
     NS,
-    PODS,
     SELECTOR,
     STALE_AFTER,
     WINDOW,
@@ -37,6 +36,7 @@ from tests.promql_exporter import (
     number,
     serve_exporter,
     timestamp,
+    window_full,
 )
 
 if TYPE_CHECKING:
@@ -56,12 +56,8 @@ def test_prometheus_source_end_to_end(exporter: int, prometheus_factory: Prometh
     prom = prometheus_factory([f"127.0.0.1:{exporter}"], job="app")
     prom.wait_scraped()
 
-    def window_full() -> bool:
-        promql = f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])'
-        counts = prom.query(promql)
-        return len(counts) == len(PODS) and all(float(c["value"][1]) >= WINDOW for c in counts)
-
-    wait_for(window_full, WINDOW + 20, "a full window of scrapes", interval=0.5)
+    wait_for(lambda: window_full(prom.query, WINDOW, 1), WINDOW + 20, "a full window of scrapes",
+             interval=0.5)
     config = {
         "store": {"window_seconds": 30, "slice_seconds": 1},
         "sources": {"prometheus": {"url": prom.url(""), "refresh_seconds": 1, "timeout_seconds": 1,

@@ -27,7 +27,6 @@ from tests.integration.conftest import AdapterFactory
 from tests.integration.process import wait_for
 from tests.promql_exporter import (
     NS,
-    PODS,
     SELECTOR,
     STALE_AFTER,
     WINDOW,
@@ -35,6 +34,7 @@ from tests.promql_exporter import (
     number,
     serve_exporter,
     timestamp,
+    window_full,
 )
 
 if TYPE_CHECKING:
@@ -55,12 +55,8 @@ def test_victoria_metrics_source(exporter: int, victoria_factory: VictoriaFactor
     status, doc = vm.get("/api/v1/query_exemplars", {"query": "up", "start": "0", "end": "1"})
     assert (status, doc) == (200, {"status": "success", "data": []}), (status, doc)
 
-    def window_full() -> bool:
-        promql = f'count_over_time(container_cpu_usage_seconds_total{{container="app"}}[{WINDOW}s])'
-        counts = vm.query(promql)
-        return len(counts) == len(PODS) and all(float(c["value"][1]) >= WINDOW - 1 for c in counts)
-
-    wait_for(window_full, WINDOW + 30, "a full window of scrapes", interval=0.5)
+    wait_for(lambda: window_full(vm.query, WINDOW - 1, 1), WINDOW + 30, "a full window of scrapes",
+             interval=0.5)
     config = {
         "store": {"window_seconds": 30, "slice_seconds": 1},
         "sources": {"prometheus": {"url": vm.url(""), "refresh_seconds": 1, "timeout_seconds": 2,

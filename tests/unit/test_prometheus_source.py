@@ -49,7 +49,7 @@ def config_error(doc: Any) -> ConfigError:
 
 def test_section_read_with_defaults_and_every_key() -> None:
     settings = settings_from_mapping(config({
-        "refresh_seconds": 15, "timeout_seconds": 5, "window_seconds": 60,
+        "refresh_seconds": 15, "query_offset_seconds": 10, "timeout_seconds": 5, "window_seconds": 60,
         "latency_metric": "http_server_request_duration_seconds", "histogram": "native",
         "labels": {"namespace": "k8s_namespace", "workload": "app", "status_code": "code"},
         "error_status_regex": "5..|429", "queries": {"cpu_utilization": "vector($quantile)"},
@@ -60,6 +60,8 @@ def test_section_read_with_defaults_and_every_key() -> None:
     assert (p.url, p.histogram, p.namespace_label, p.workload_label, p.status_code_label) == (
         URL, "native", "k8s_namespace", "app", "code")
     assert dict(p.headers) == {"X-Scope-OrgID": "tenant-a"}
+    assert p.query_offset_seconds == 10.0
+    assert settings_from_mapping(config()).prometheus.query_offset_seconds == 2.0  # type: ignore[union-attr]
     assert p.templates()["cpu_utilization"] == "vector($quantile)"
     assert settings_from_mapping({}).prometheus is None
 
@@ -69,6 +71,8 @@ def test_section_read_with_defaults_and_every_key() -> None:
     ({"url": "prometheus:9090"}, "sources.prometheus.url"),
     ({"refresh_seconds": 0}, "sources.prometheus.refresh_seconds"),
     ({"timeout_seconds": "5s"}, "sources.prometheus.timeout_seconds"),
+    ({"query_offset_seconds": -1}, "sources.prometheus.query_offset_seconds"),
+    ({"query_offset_seconds": "2s"}, "sources.prometheus.query_offset_seconds"),
     ({"window_seconds": 1.5}, "sources.prometheus.window_seconds"),
     ({"histogram": "exponential"}, "sources.prometheus.histogram"),
     ({"latency_metric": "http-duration"}, "sources.prometheus.latency_metric"),
@@ -379,6 +383,23 @@ async def test_refresh_fills_the_cache_and_serves_every_metric() -> None:
     assert dual.labels["reason"] == "latency" and dual.labels["trace_id"] == "b" * 32
     reading_cpu = cpu.reading("shop", "checkout", 1003.0, 60)
     assert reading_cpu is not None and reading_cpu.observed_at == 1000.0
+
+
+async def test_query_time_stays_the_offset_behind_the_clock() -> None:
+    """A scrape that started just before the aligned time may not be stored yet when a replica asks; the
+    query time keeps ``query_offset_seconds`` behind the clock, then rounds down to the refresh interval."""
+    clock = FakeClock(1003.0)
+    src, client, _, _, _ = make(clock)  # refresh 5 s, default offset 2 s
+    await src.refresh_once()
+    assert {at for _, at in client.asked} == {1000.0}
+    clock.now = 1006.5  # 1004.5 rounds down to 1000: 1005 is asked only from 1007 on
+    client.asked.clear()
+    await src.refresh_once()
+    assert {at for _, at in client.asked} == {1000.0}
+    clock.now = 1007.0
+    client.asked.clear()
+    await src.refresh_once()
+    assert {at for _, at in client.asked} == {1005.0}
 
 
 async def test_missing_data_is_missing_at_once() -> None:
