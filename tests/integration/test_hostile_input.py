@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import resource
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -181,8 +182,15 @@ def test_64kib_label_values(hostile: Any) -> None:
     answer = raw_request(hostile.otlp_port, b"POST /v1/traces HTTP/1.1\r\nHost: a\r\nX-Label: "
                          + huge.encode() + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400") or answer.startswith(b"HTTP/1.0 400"), answer[:200]
-    resp = hostile.api(hostile.metric_path("hostile", "latency_p95_seconds", "workload=" + huge))
-    assert resp.status == 400, resp
+    try:
+        resp = hostile.api(hostile.metric_path("hostile", "latency_p95_seconds", "workload=" + huge))
+    except (ssl.SSLError, ConnectionError):
+        # The parser gives up after 16 KiB: it answers 400 and closes, which can reach a client still
+        # writing the other 48 KiB before it reads the answer. Either way the request was refused by the
+        # parser (counted below), and the service keeps serving (checked last).
+        pass
+    else:
+        assert resp.status == 400, resp
     assert hits(hostile, "header_too_large") == before + 2
     assert_serving(hostile)
 
