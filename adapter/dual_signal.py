@@ -236,8 +236,12 @@ class DualSignal:
             out[(pair.namespace, pair.canary, pair.baseline)] = reading
         return out
 
-    def value(self, metric: str, namespace: str, selector: Selector, now: float) -> Value:
-        """The reading of one of :data:`DUAL_SIGNAL_HELP`'s metrics; raises NoData (404) or BadRequest."""
+    def value(self, metric: str, namespace: str, selector: Selector, now: float, *,
+              shared: bool = False) -> Value:
+        """The reading of one of :data:`DUAL_SIGNAL_HELP`'s metrics; raises NoData (404) or BadRequest.
+
+        ``shared``: ``now`` is an API tick's time, so the view may be shared with the tick's other
+        answers (:meth:`WindowStore.view_at`)."""
         selection = self.select(namespace, selector)
         if not selection.workloads:
             what = f"selector {str(selector)!r}" if not selector.is_empty() else "an empty selector"
@@ -245,7 +249,8 @@ class DualSignal:
         s = selection.settings
         # Every item names a representative request: the one near the window's p95 and, when the
         # window had errors, a failed one.
-        merged = self.store.view(selection.series, now=now)  # once: every metric below reads it
+        series = selection.series  # one view: every metric below reads it
+        merged = self.store.view_at(series, now) if shared else self.store.view(series, now=now)
         window, view = self._latency_from(selection, 0.95, now, merged)
         labels = _traced(_common_labels(selection), window.trace_id if window else None)
         if view is not None and view.errors > 0 and view.error_trace_id:

@@ -133,7 +133,7 @@ class MetricsProvider:
         self.computed += 1
         if metric in DUAL_SIGNAL_HELP:
             try:
-                served = self.dual.value(metric, namespace, selector, at)
+                served = self.dual.value(metric, namespace, selector, at, shared=True)
             except NoData as exc:
                 return _Cached(tick, None, NoData(f"no value for metric {metric!r}: {exc}"))
             except BadRequest as exc:
@@ -141,7 +141,7 @@ class MetricsProvider:
             return _Cached(tick, Reading(metric, served.value, at, self.store.settings.window_seconds,
                                          served.labels), None)
         matched = self.store.matching(namespace, selector)
-        view = self.store.view(matched, now=at)
+        view = self.store.view_at(matched, at)
         if self.prometheus is not None:
             routed = self._from_prometheus(namespace, metric, selector, matched, view is not None, tick, at)
             if routed is not None:

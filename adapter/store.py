@@ -54,6 +54,9 @@ from .sketch import DEFAULT_RELATIVE_ACCURACY, LatencySketch, merged
 
 #: Exemplar candidates kept per slice; enough to cover a slice's upper tail at a fixed memory cost.
 CANDIDATES_PER_SLICE = 16
+#: Views kept for the API's current tick at most (:meth:`WindowStore.view_at`); a tick asking about more
+#: series groups starts over, which costs time, never memory.
+MAX_SHARED_VIEWS = 10_000
 #: Upper bounds (seconds) of the per-workload request counts: OpenTelemetry's advisory buckets for
 #: ``http.server.request.duration``, so an imported histogram with the usual bounds keeps its buckets.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -248,6 +251,38 @@ class WorkloadRequests:
     seconds: float
 
 
+class JoinedCandidates:
+    """The packed candidates of a view's slices, joined into one array the first time they are read.
+
+    Most answers never read them (a request rate, an error ratio): joining hundreds of small structured
+    arrays is most of what building a view costs, so it waits until a trace id is wanted.
+    """
+
+    __slots__ = ("_joined", "_parts")
+
+    def __init__(self, parts: list[np.ndarray[Any, Any]]) -> None:
+        self._parts = parts
+        self._joined: np.ndarray[Any, Any] | None = None
+
+    def __len__(self) -> int:
+        if self._joined is not None:
+            return int(self._joined.shape[0])
+        return sum(int(part.shape[0]) for part in self._parts)
+
+    def array(self) -> np.ndarray[Any, Any]:
+        joined = self._joined
+        if joined is None:
+            # Into one preallocated array: np.concatenate would re-derive the structured dtype per part.
+            joined = np.empty(len(self), dtype=CANDIDATE_DTYPE)
+            at = 0
+            for part in self._parts:
+                n = int(part.shape[0])
+                joined[at:at + n] = part
+                at += n
+            self._joined, self._parts = joined, []
+        return joined
+
+
 @dataclass(frozen=True, eq=False)  # a snapshot with arrays: compared by identity, never by value
 class WindowView:
     """What the window of one or more series holds at one moment (a read-only snapshot)."""
@@ -256,15 +291,19 @@ class WindowView:
     count: float
     errors: float
     seconds: float
-    #: Candidate requests: packed (``CANDIDATE_DTYPE``, as the store builds views: unpacked only for the
-    #: one request picked) or a tuple of :class:`Exemplar`.
-    candidates: tuple[Exemplar, ...] | np.ndarray[Any, Any]
+    #: Candidate requests: packed (``CANDIDATE_DTYPE``; the store builds views with them joined only
+    #: when read, and unpacked only for the one request picked) or a tuple of :class:`Exemplar`.
+    candidates: tuple[Exemplar, ...] | np.ndarray[Any, Any] | JoinedCandidates
     error_trace_id: str
     labels: dict[str, str]
 
+    def _candidates(self) -> tuple[Exemplar, ...] | np.ndarray[Any, Any]:
+        candidates = self.candidates
+        return candidates.array() if isinstance(candidates, JoinedCandidates) else candidates
+
     def exemplars(self) -> tuple[Exemplar, ...]:
         """Every candidate request as an :class:`Exemplar` (unpacked on demand: debugging and tests)."""
-        candidates = self.candidates
+        candidates = self._candidates()
         if not isinstance(candidates, np.ndarray):
             return tuple(candidates)
         return tuple(Exemplar(float(sec), bytes(tid).hex()) for sec, tid in zip(
@@ -278,7 +317,7 @@ class WindowView:
         value may be the true p95 request; beyond that tolerance a slower request is preferred to a
         faster one, because "this request was at least this slow" is what an engineer follows.
         """
-        candidates = self.candidates
+        candidates = self._candidates()
         if len(candidates) == 0:
             return None
         floor = value * (1.0 - tolerance)
@@ -316,6 +355,9 @@ class WindowStore:
         self._departed: dict[WorkloadKey, int] = {}
         #: Workloads whose request counts were dropped early to stay within ``max_series`` workloads.
         self.request_counts_evicted = 0
+        #: Views of the API's current tick, by the keys of their series (see :meth:`view_at`).
+        self._shared_views: dict[tuple[SeriesKey, ...], WindowView | None] = {}
+        self._shared_at: float | None = None
         sketch = LatencySketch(self.settings.relative_accuracy)
         mapping = sketch.mapping
         self._bucket_keys = sketch.keys_of(np.asarray(REQUEST_BUCKETS, dtype=np.float64))
@@ -755,10 +797,28 @@ class WindowStore:
             count=sum(s.window_count for s in live) + sum(sl.count for sl in opened.values()),
             errors=sum(s.window_errors for s in live) + sum(sl.errors for sl in opened.values()),
             seconds=max(seconds, 1.0),
-            candidates=np.concatenate(packed) if packed else _NO_CANDIDATES,
+            candidates=JoinedCandidates(packed) if packed else _NO_CANDIDATES,
             error_trace_id=error_trace,
             labels=common,
         )
+
+    def view_at(self, series: Sequence[Series], at: float) -> WindowView | None:
+        """``view(series, now=at)``, built once for every caller asking about the same series at the same
+        ``at``, until a caller asks about another ``at``.
+
+        The API answers a refresh tick at the tick's start time: an HPA's p95, request rate, error ratio
+        and dual-signal ratio of one workload then read one view instead of building four, and they are
+        computed from the same data. Callers with a clock reading of their own use :meth:`view`.
+        """
+        if at != self._shared_at or len(self._shared_views) >= MAX_SHARED_VIEWS:
+            self._shared_views.clear()
+            self._shared_at = at
+        key = tuple(s.key for s in series)
+        try:
+            return self._shared_views[key]
+        except KeyError:
+            built = self._shared_views[key] = self.view(series, now=at)
+            return built
 
     def nbytes(self) -> int:
         """Approximate bytes held by all series (sketch arrays plus fixed per-object overheads) and by the

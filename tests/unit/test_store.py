@@ -558,3 +558,39 @@ def test_view_with_now_of_a_series_that_only_has_open_data() -> None:
     assert store.view(store.all_series()) is None
     live = store.view(store.all_series(), now=T0 + 2.5)
     assert live is not None and live.count == 10
+
+
+def test_view_candidates_are_every_slice_candidate_joined_when_read() -> None:
+    """The view joins its slices' candidates lazily; what it yields is exactly what the slices hold."""
+    rng = np.random.default_rng(5)
+    store = WindowStore()
+    sent: dict[str, float] = {}
+    for i in range(30):
+        values = lognormal(rng, 40)
+        candidates = batch_candidates(values, 40 * i)
+        sent.update({c.trace_id: c.seconds for c in candidates})
+        store.add_durations(KEY if i % 2 else SeriesKey("shop", "checkout", "/pay"), values, 0, candidates,
+                            T0 + 0.5 * i)
+    view = store.view(store.series_of("shop", "checkout"), now=T0 + 15.2)
+    assert view is not None
+    counted = len(view.candidates)
+    exemplars = view.exemplars()
+    assert counted == len(exemplars) > 0
+    assert all(sent[e.trace_id] == e.seconds for e in exemplars)  # every one a request really sent
+    assert len({e.trace_id for e in exemplars}) == len(exemplars)
+
+
+def test_view_at_is_shared_within_a_tick_and_rebuilt_for_the_next() -> None:
+    store = WindowStore()
+    rng = np.random.default_rng(6)
+    store.add_durations(KEY, lognormal(rng, 100), 0, [], T0 + 1)
+    series = store.series_of(KEY.namespace, KEY.workload)
+    first = store.view_at(series, T0 + 2)
+    assert first is not None and first.count == 100
+    store.add_durations(KEY, lognormal(rng, 50), 0, [], T0 + 2.5)
+    assert store.view_at(series, T0 + 2) is first  # the same tick: the same view, the same data
+    later = store.view_at(series, T0 + 3)
+    assert later is not None and later is not first and later.count == 150
+    fresh = store.view(series, now=T0 + 3)
+    assert fresh is not None and fresh.count == later.count
+    assert fresh.sketch.quantile(0.95) == later.sketch.quantile(0.95)
