@@ -2,7 +2,8 @@
 
 The per-slice work (moving ten thousand windows, deciding for every workload) is pure Python that holds
 the loop for as long as it runs. Done in one go it is a second during which no HPA request is answered;
-done in turns of :data:`TURN_SECONDS`, an API request waits at most one turn. The work itself is the same.
+done in turns of :data:`TURN_SECONDS` with a pause after each, an API request waits at most one turn.
+The work itself is the same.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import time
 from collections.abc import Callable
 
 #: Longest stretch of background work between two chances for other tasks to run.
-TURN_SECONDS = 0.005
+TURN_SECONDS = 0.002
+#: How long background work then steps aside. Not zero: an API request takes two or three turns of the
+#: loop (TLS record, then the handler, then the write), and with ``sleep(0)`` background work would take
+#: one of its turns inside every one of them; a pause lets the loop run them back to back first.
+PAUSE_SECONDS = 0.001
 
 
 class Pacer:
     """Call :meth:`turn` often during long work; it yields to the loop once a turn has been used up."""
 
-    def __init__(self, turn_seconds: float = TURN_SECONDS,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, turn_seconds: float = TURN_SECONDS, clock: Callable[[], float] = time.perf_counter,
+                 pause_seconds: float = PAUSE_SECONDS) -> None:
         self.turn_seconds = turn_seconds
+        self.pause_seconds = pause_seconds
         self._clock = clock
         self._since = clock()
         #: Times the work gave the loop back.
@@ -28,6 +34,6 @@ class Pacer:
 
     async def turn(self) -> None:
         if self._clock() - self._since >= self.turn_seconds:
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.pause_seconds)
             self.yields += 1
             self._since = self._clock()

@@ -285,7 +285,7 @@ class Service:
                 now = self.clock()
                 self.store.advance(now)
                 pacer = Pacer()  # ten thousand series are seconds of work: in turns, never in one block
-                for _ in self.store.sweep(step=32):
+                for _ in self.store.sweep(step=8):
                     await pacer.turn()
                 self.telemetry.sync_store_counters()
                 await self._publish_decisions(now, pacer)

@@ -107,6 +107,10 @@ class OtlpReceiver:
         self.memory = memory
         #: Requests received but not yet answered: the ingest queue that back-pressure bounds.
         self.inflight = 0
+        #: One body is applied per turn of the event loop, and a waiting one resumes only after the
+        #: loop's other ready work: bodies that arrive together then take turns with the API's requests
+        #: instead of holding the loop for all of them in a row (sixteen 512-span bodies: about 40 ms).
+        self._lane = asyncio.Lock()
         #: Set when the process starts stopping: new requests get 503 + Retry-After.
         self.draining = False
         #: Items in requests answered 200 since start (the totals of the shutdown log line).
@@ -161,15 +165,19 @@ class OtlpReceiver:
                 self.hits.hit("body_timeout")
                 raise RequestTimeout(f"body not received within {limits.body_timeout_seconds:g} s "
                                      "(limits.body_timeout_seconds)") from None
-            if encoding == "gzip":
-                body = _gunzip(body, self.settings.max_decompressed_bytes)
-            now = self.clock()
-            if signal == "traces":
-                result, payload = self.ingestor.ingest_traces(body, is_json, now,
-                                                              max_items=limits.max_spans_per_request)
-            else:
-                result, payload = self.ingestor.ingest_metrics(body, is_json, now,
-                                                               max_items=limits.max_points_per_request)
+            async with self._lane:
+                if encoding == "gzip":
+                    body = _gunzip(body, self.settings.max_decompressed_bytes)
+                now = self.clock()
+                if signal == "traces":
+                    result, payload = self.ingestor.ingest_traces(body, is_json, now,
+                                                                  max_items=limits.max_spans_per_request)
+                else:
+                    result, payload = self.ingestor.ingest_metrics(body, is_json, now,
+                                                                   max_items=limits.max_points_per_request)
+                # Keep the lane through one turn of the loop: a body that arrived with this one waits
+                # behind whatever else is ready by now, the API's requests included.
+                await asyncio.sleep(0)
         except RequestError as exc:
             return self._refuse(request, signal, exc, is_json)
         finally:
