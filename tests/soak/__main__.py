@@ -325,7 +325,7 @@ def log_summary(log: Path) -> tuple[int, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10, help="measured minutes after warm-up (10)")
-    parser.add_argument("--warmup-minutes", type=int, default=1, help="not in the RSS baseline (1)")
+    parser.add_argument("--warmup-minutes", type=int, default=2, help="not in the RSS baseline (2)")
     parser.add_argument("--spans-per-second", type=float, default=2 * SIZING_SPANS_PER_SECOND)
     parser.add_argument("--api-rps", type=float, default=2 * SIZING_API_RPS)
     parser.add_argument("--workloads", type=int, default=200)
