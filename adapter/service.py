@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from . import loop_lag
 from .api.connections import BoundedTCPSite, ConnectionGuard
 from .api.connections import runner_options as runner_options_for
 from .api.ops import build_ops_app
@@ -190,6 +191,8 @@ class Service:
                                  s.telemetry_port)
         self.ports = BoundPorts(api, otlp, ops)
         self._tasks.append(asyncio.create_task(self._tick(), name="slice-ticker"))
+        self._tasks.append(asyncio.create_task(loop_lag.probe(self.telemetry.loop_lag.observe),
+                                               name="loop-lag-probe"))
         if s.config_path is not None:
             self.policy_watcher = PolicyWatcher(s.config_path, s.policy)
             self.telemetry.watch_policy(self.policy_watcher)

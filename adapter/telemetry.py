@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from .dual_signal import CanaryReading
 from .latency_histogram import LatencyHistogramCollector
 from .limits import LIMITS, LimitHits, MemoryWatch
+from .loop_lag import lag_histogram
 from .policy import Decision
 from .store import WindowStore
 
@@ -303,6 +304,7 @@ class Telemetry:
             "External metrics API request duration by route and HTTP status code.",
             ["route", "code"], buckets=API_BUCKETS, registry=r,
         )
+        self.loop_lag = lag_histogram(r)
         self.api_rejected = Counter(
             "latency_adapter_api_rejected",
             "External metrics API requests answered with an error, by Status reason "

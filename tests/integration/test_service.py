@@ -368,8 +368,12 @@ def test_metrics_count_accepted_spans(adapter: Any, spans: Any, shop: Shop) -> N
     assert resp.status == 200 and resp.content_type == "text/plain", resp
     families = {f.name: f for f in text_string_to_metric_families(resp.text)}
     for name in ("latency_adapter_otlp_items", "latency_adapter_otlp_rejected",
-                 "latency_adapter_api_request_duration_seconds", "latency_adapter_active_series"):
+                 "latency_adapter_api_request_duration_seconds", "latency_adapter_active_series",
+                 "latency_adapter_event_loop_lag_seconds"):
         assert name in families, sorted(families)
+    lag_count = [s.value for s in families["latency_adapter_event_loop_lag_seconds"].samples
+                 if s.name == "latency_adapter_event_loop_lag_seconds_count"]
+    assert lag_count and lag_count[0] > 0, lag_count  # the probe runs from the start
     samples = [s for s in families["latency_adapter_otlp_items"].samples
                if s.name == "latency_adapter_otlp_items_total" and s.labels == labels]
     assert len(samples) == 1 and samples[0].value == after, samples

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+from prometheus_client.utils import floatToGoString
 
 from adapter.kube import UserInfo
 from tests.benchmarks import table
@@ -69,7 +70,10 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / CLK_TCK
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
@@ -78,9 +82,22 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def metric(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def bucket_quantile(before: Samples, after: Samples, name: str, q: float) -> float:
+    """The upper bound of the bucket that holds quantile ``q`` of what histogram ``name`` (all its
+    series summed) observed between two scrapes: "p99 <= this" (inf above the last bound, nan when
+    nothing was observed)."""
+    bounds = sorted({float(dict(ls)["le"]) for (n, ls) in after if n == f"{name}_bucket"})
+    deltas = [metric(after, f"{name}_bucket", le=floatToGoString(b)) - metric(before, f"{name}_bucket",
+                                                                             le=floatToGoString(b))
+              for b in bounds]
+    if not deltas or deltas[-1] <= 0:
+        return float("nan")
+    return next(b for b, d in zip(bounds, deltas, strict=True) if d >= q * deltas[-1])
 
 
 class Sampler(threading.Thread):
@@ -130,6 +147,10 @@ class Minute:
     other_cpu: float  # every other process on the machine
     rss: list[int]
     store_bytes: float  # the adapter's own estimate of its window store at the end of the minute
+    #: Seen by the adapter itself (bucket bounds, "p99 <= this"): how late its event loop ran what was
+    #: due, and how long its API handlers took. wrk's p99 minus these is waiting outside the handler.
+    loop_lag_p99: float = float("nan")
+    handler_p99: float = float("nan")
 
     @property
     def spans_per_second(self) -> float:
@@ -169,19 +190,24 @@ class Rig:
     def minute(self, label: str) -> Minute:
         if self.adapter.poll() is not None:
             raise RuntimeError(f"the adapter exited with {self.adapter.returncode} before {label}")
+        s0 = scrape(self.telemetry_port)
         c0, cpu0, t0 = list(self.counters), self._cpu(), time.monotonic()
         api = run_minute(self.url, self.script, TOKEN, self.seconds, self.client_cpu)
         c1, cpu1, t1 = list(self.counters), self._cpu(), time.monotonic()
         adapter, generators, machine = ((b - a) / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True))
-        store = metric(scrape(self.telemetry_port), "latency_adapter_store_bytes")
+        s1 = scrape(self.telemetry_port)
+        store = metric(s1, "latency_adapter_store_bytes")
         return Minute(label, api, t1 - t0, [b - a for a, b in zip(c0, c1, strict=True)], adapter, generators,
-                      max(machine - adapter - generators, 0.0), self.sampler.rss_between(t0, t1), store)
+                      max(machine - adapter - generators, 0.0), self.sampler.rss_between(t0, t1), store,
+                      bucket_quantile(s0, s1, "latency_adapter_event_loop_lag_seconds", 0.99),
+                      bucket_quantile(s0, s1, "latency_adapter_api_request_duration_seconds", 0.99))
 
 
 # -- report -------------------------------------------------------------------------------------------
 
 
-HEADERS = ["minute", "API req/s", "p50 ms", "p99 ms", "max ms", "API errors", "spans/s accepted",
+HEADERS = ["minute", "API req/s", "p50 ms", "p99 ms", "max ms", "loop lag p99 ms <=", "handler p99 ms <=",
+           "API errors", "spans/s accepted",
            "OTLP errors", "429s", "adapter CPU", "generators CPU", "other CPU", "RSS MiB", "RSS growth",
            "store MiB"]
 
@@ -189,8 +215,8 @@ HEADERS = ["minute", "API req/s", "p50 ms", "p99 ms", "max ms", "API errors", "s
 def row(m: Minute, baseline: float | None) -> list[str]:
     growth = "" if baseline is None else f"{(m.rss_mean - baseline) / baseline * 100:+.2f} %"
     return [m.label, f"{m.api.rps:,.0f}", f"{m.api.p50_ms:.2f}", f"{m.api.p99_ms:.2f}", f"{m.api.max_ms:.1f}",
-            str(m.api.errors), f"{m.spans_per_second:,.0f}", str(m.otlp_errors),
-            str(int(m.counters[otlp.THROTTLED])),
+            f"{m.loop_lag_p99 * 1000:g}", f"{m.handler_p99 * 1000:g}", str(m.api.errors),
+            f"{m.spans_per_second:,.0f}", str(m.otlp_errors), str(int(m.counters[otlp.THROTTLED])),
             *(f"{c * 100:.0f} %" for c in (m.adapter_cpu, m.generator_cpu, m.other_cpu)),
             f"{m.rss_mean / MiB:.1f}", growth, f"{m.store_bytes / MiB:.1f}"]
 
