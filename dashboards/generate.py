@@ -558,6 +558,17 @@ def adapter_health() -> dash.Dashboard:
          query(f"latency_adapter_memory_budget_bytes{{{inst}}}", "B", "budget {{instance}}"),
          query(f"latency_adapter_store_bytes{{{inst}}}", "C", "store {{instance}}")],
         unit="bytes", w=8, overrides=[by_ref("B", *DASHED_RED)]))
+    d = d.with_panel(timeseries_panel(
+        layout, "Event-loop lag p99 per adapter",
+        "99th percentile of how late each adapter's event loop ran what was due "
+        "(latency_adapter_event_loop_lag_seconds, a probe woken every 50 ms): the wait every API request "
+        "and OTLP body adds to its own handling time, which the API latency panel above does not show. "
+        "Look for tens of milliseconds: the core is close to full (too much ingest for one replica: add "
+        "CPU, send histograms instead of spans, or add replicas); seconds: a stall.",
+        [query("histogram_quantile(0.99, sum by (le, instance) (rate("
+               f"latency_adapter_event_loop_lag_seconds_bucket{{{inst}}}[$__rate_interval])))", "A",
+               "{{instance}}")],
+        unit="s", w=24))
     return d
 
 
