@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         "gate", help="canary verdict: is the canary's p95 within --max-ratio of its baseline's? (exit 0/1/3)",
         description="Read the adapter's external metrics (through the cluster, or --server) and decide: "
                     "exit 0 pass (enough requests on both sides, p95 ratio at or under --max-ratio), 1 "
-                    "regression (error ratio over --max-error-ratio, or the ratio's 95 %% interval entirely "
+                    "regression (error ratio over --max-error-ratio, or the ratio's 95 % interval entirely "
                     "over --max-ratio), 3 inconclusive (too few requests, or over the limit but not beyond "
                     "doubt), 2 usage or connection error.")
     gate.add_argument("--namespace", required=True)

@@ -105,6 +105,17 @@ def test_the_human_line_says_why(released: Any) -> None:
     assert "beyond doubt" in line and "trace" in line
 
 
+def test_help_states_every_exit_code() -> None:
+    """A pipeline author reads ``gate --help`` to map exit codes to release steps."""
+    result = subprocess.run([str(ADAPTER_BIN), "gate", "--help"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for phrase in ("exit 0 pass", "1 regression", "3 inconclusive", "2 usage or connection error",
+                   "95 % interval"):
+        assert phrase in text, text
+
+
 def test_a_wrong_baseline_or_no_adapter_is_a_usage_error(released: Any) -> None:
     code, _, err = gate(released, "pass", "--baseline", "someone-else")
     assert code == 2 and "compares 'pass-canary' with 'pass-base'" in err, err
