@@ -212,7 +212,7 @@ class PrometheusSource:
 
     async def check_templates(self) -> None:
         """Ask the backend whether every template parses; a ``400 bad_data`` is a :class:`ConfigError`."""
-        at = align(self._clock(), self.settings.refresh_seconds, self.settings.query_offset_seconds)
+        at = self._query_time(self._clock())
         custom = dict(self.settings.queries)
         for key, template in self.templates.items():
             promql = expand(template, CHECK_NAMESPACE, CHECK_WORKLOAD, self.settings.window_seconds)
@@ -233,8 +233,12 @@ class PrometheusSource:
                                               "kind": exc.kind, "error": str(exc)}})
                 return
 
+    def _query_time(self, now: float) -> float:
+        """The ``time=`` of the round under way at ``now``: the same on every replica."""
+        return align(now, self.settings.refresh_seconds, self.settings.query_offset_seconds)
+
     async def run(self) -> None:
-        """Refresh at every multiple of ``refresh_seconds`` until cancelled."""
+        """Refresh at every multiple of ``refresh_seconds`` (plus the offset) until cancelled."""
         refresh, offset = self.settings.refresh_seconds, self.settings.query_offset_seconds
         try:
             while True:
@@ -243,12 +247,12 @@ class PrometheusSource:
                 except Exception:  # the loop must outlive any surprise; values go stale on their own
                     log.exception("prometheus refresh failed")
                 now = self._clock()
-                await asyncio.sleep(align(now, refresh, offset) + refresh + offset - now + 0.05)
+                await asyncio.sleep(self._query_time(now) + refresh + offset - now + 0.05)
         finally:
             await self.client.close()
 
     async def refresh_once(self) -> None:
-        at = align(self._clock(), self.settings.refresh_seconds, self.settings.query_offset_seconds)
+        at = self._query_time(self._clock())
         workloads = self.cache.configured()
         self.cache.forget_others(set(workloads))
         await asyncio.gather(*(self._refresh(ns, w, at) for ns, w in workloads))

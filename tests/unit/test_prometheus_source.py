@@ -61,7 +61,8 @@ def test_section_read_with_defaults_and_every_key() -> None:
         URL, "native", "k8s_namespace", "app", "code")
     assert dict(p.headers) == {"X-Scope-OrgID": "tenant-a"}
     assert p.query_offset_seconds == 10.0
-    assert settings_from_mapping(config()).prometheus.query_offset_seconds == 2.0  # type: ignore[union-attr]
+    default = settings_from_mapping(config()).prometheus
+    assert default is not None and default.query_offset_seconds == 2.0
     assert p.templates()["cpu_utilization"] == "vector($quantile)"
     assert settings_from_mapping({}).prometheus is None
 
