@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 
 #: Longest stretch of background work between two chances for other tasks to run.
-TURN_SECONDS = 0.002
+TURN_SECONDS = 0.001
 #: How long background work then steps aside. Not zero: an API request takes two or three turns of the
 #: loop (TLS record, then the handler, then the write), and with ``sleep(0)`` background work would take
-#: one of its turns inside every one of them; a pause lets the loop run them back to back first.
+#: one of its turns inside every one of them; a pause lets the loop run them back to back first. As
+#: long as a turn: background work takes at most half of a busy loop, and a request that meets it
+#: waits at most a millisecond per turn of its own.
 PAUSE_SECONDS = 0.001
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import loop_lag
+from . import gc_policy, loop_lag
 from .api.connections import BoundedTCPSite, ConnectionGuard
 from .api.connections import runner_options as runner_options_for
 from .api.ops import build_ops_app
@@ -66,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adapter.service")
 
-#: First-generation threshold of the cyclic garbage collector while serving (see ``tune_gc``).
-GC_THRESHOLD = 10_000
 #: How often insecure mode is announced again while it lasts.
 INSECURE_REMINDER_SECONDS = 60.0
 
@@ -425,20 +422,6 @@ def _print_demo_help(ports: BoundPorts) -> None:
     print("\n".join(lines), flush=True)
 
 
-def tune_gc() -> None:
-    """Fewer, cheaper garbage collections on the ingest path.
-
-    Every span visited makes short-lived objects that reference counting frees at once, yet they still
-    count towards the cyclic collector's thresholds: with the default (700) a 512-span request triggers
-    several collections. A higher first threshold and freezing the objects that live for the whole
-    process (modules, apps, settings) cut that work (about 7 % more spans per CPU-second in
-    ``make bench``), at the price of cyclic garbage living a little longer.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
-
-
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully (:meth:`Service.shutdown`) within the bound.
 
@@ -448,7 +431,10 @@ async def serve(settings: Settings) -> None:
     raise_open_file_limit()
     service = Service(settings)
     ports = await service.start()
-    tune_gc()
+    gc_policy.tune()
+    pauses = gc_policy.PauseObserver(service.telemetry.gc_pauses)
+    pauses.install()
+    collector = asyncio.create_task(gc_policy.collect_periodically(), name="gc-full-collection")
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
@@ -480,6 +466,8 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(demo_thread.join, min(5.0, bound / 4))
         service.begin_shutdown()
         report = await service.shutdown(received[0] if received else "cancelled")
+        collector.cancel()
+        pauses.remove()
         # The last line the process writes: what it applied, for reconciling with what clients sent.
         log.info("stopped", extra={"fields": {"event": "shutdown", **dataclasses.asdict(report)}})
         logging.shutdown()

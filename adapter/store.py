@@ -90,6 +90,18 @@ class StoreSettings:
 #: Exemplar candidates of a closed slice: latency and the raw 16-byte trace id, 24 bytes each.
 CANDIDATE_DTYPE = np.dtype([("seconds", np.float64), ("trace_id", "V16")])  # V: trailing zeros kept
 _NO_CANDIDATES = np.zeros(0, dtype=CANDIDATE_DTYPE)
+#: Exemplar candidates as writers hand them over: packed already (the span path) or as objects.
+Candidates = Sequence[Exemplar] | np.ndarray[Any, Any]
+
+
+def pack_candidates(candidates: Candidates) -> np.ndarray[Any, Any]:
+    """``candidates`` as a ``CANDIDATE_DTYPE`` array (trace ids from hex to their 16 bytes)."""
+    if isinstance(candidates, np.ndarray):
+        return candidates
+    packed = np.zeros(len(candidates), dtype=CANDIDATE_DTYPE)
+    packed["seconds"] = [c.seconds for c in candidates]
+    packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in candidates]
+    return packed
 
 
 class Slice:
@@ -110,24 +122,27 @@ class Slice:
         self.sketch: LatencySketch | None = LatencySketch(relative_accuracy, np.float32)
         self.count = 0.0
         self.errors = 0.0
-        self.candidates: list[Exemplar] | np.ndarray[Any, Any] = []
+        #: ``CANDIDATE_DTYPE``, never changed in place (a view may hold it): no Python object per request,
+        #: so the cyclic collector has nothing to scan here.
+        self.candidates: np.ndarray[Any, Any] = _NO_CANDIDATES
         self.error_trace_id = ""
         self.offset = 0
         self.bins: np.ndarray[Any, Any] = _EMPTY_BINS
         self.zeros = 0.0
 
-    def add_candidates(self, candidates: Iterable[Exemplar]) -> None:
+    def add_candidates(self, candidates: Candidates) -> None:
         """Keep a bounded, evenly spread sample of candidate requests by latency.
 
-        Candidates arrive from the upper part of each batch (p50, p90, p95, p99, max). When the list is
-        full it is thinned by keeping every other one in latency order, which keeps the spread of the
+        Candidates arrive from the upper part of each batch (p50, p90, p95, p99, max). When the sample
+        is full it is thinned by keeping every other one in latency order, which keeps the spread of the
         tail rather than only the newest or the slowest requests.
         """
-        assert isinstance(self.candidates, list), "a closed slice takes no writes"
-        self.candidates.extend(candidates)
-        if len(self.candidates) > CANDIDATES_PER_SLICE:
-            ordered = sorted(self.candidates, key=lambda e: e.seconds)
-            self.candidates = ordered[1::2] if len(ordered) % 2 == 0 else ordered[::2]
+        assert self.sketch is not None, "a closed slice takes no writes"
+        joined = np.concatenate((self.candidates, pack_candidates(candidates)))
+        if joined.shape[0] > CANDIDATES_PER_SLICE:
+            ordered = joined[np.argsort(joined["seconds"], kind="stable")]
+            joined = ordered[1::2] if ordered.shape[0] % 2 == 0 else ordered[::2]
+        self.candidates = joined
 
     def freeze(self) -> None:
         """Close the slice: drop the sketch object, keep its bins and pack the candidates."""
@@ -139,7 +154,6 @@ class Slice:
         self.bins = store.bins if store.length() else _EMPTY_BINS
         self.zeros = sketch.zero_count
         self.sketch = None
-        self.candidates = self.packed_candidates()
 
     def parts(self) -> tuple[int, np.ndarray[Any, Any], float]:
         """(first key, bins, zero count), open or closed."""
@@ -149,25 +163,16 @@ class Slice:
         return self.offset, self.bins, self.zeros
 
     def packed_candidates(self) -> np.ndarray[Any, Any]:
-        """The candidates as a ``CANDIDATE_DTYPE`` array (what a closed slice keeps)."""
-        listed = self.candidates
-        if not isinstance(listed, list):
-            return listed
-        if not listed:
-            return _NO_CANDIDATES
-        packed = np.zeros(len(listed), dtype=CANDIDATE_DTYPE)
-        packed["seconds"] = [c.seconds for c in listed]
-        packed["trace_id"] = [bytes.fromhex(c.trace_id) for c in listed]
-        return packed
+        """The candidates as a ``CANDIDATE_DTYPE`` array."""
+        return self.candidates
 
     def nbytes(self) -> int:
         """Bytes held: arrays plus measured object overheads (see ``_OVERHEAD``)."""
         if self.sketch is not None:
             size = self.sketch.nbytes() + _OVERHEAD["open_slice"]
-            size += len(self.candidates) * _OVERHEAD["exemplar"]
-            return size
-        size = _OVERHEAD["closed_slice"] + int(self.bins.nbytes)
-        if isinstance(self.candidates, np.ndarray) and self.candidates.shape[0]:
+        else:
+            size = _OVERHEAD["closed_slice"] + int(self.bins.nbytes)
+        if self.candidates.shape[0]:
             size += int(self.candidates.nbytes) + _OVERHEAD["array"]
         return size
 
@@ -179,7 +184,6 @@ _OVERHEAD = {
     "open_slice": 1400,  # Slice + LatencySketch + two ArrayStores + their dicts and arrays
     "closed_slice": 250,  # Slice with slots + one bins array header
     "array": 112,
-    "exemplar": 170,  # Exemplar + 32-character str + float
     "series": 900,  # Series + ring list + window sketch objects + key
     "request_counts": 250,  # RequestCounts with slots + bucket array header + dict entry (+ 8 B a bucket)
 }
@@ -580,7 +584,7 @@ class WindowStore:
         key: SeriesKey,
         seconds: np.ndarray[Any, np.dtype[np.float64]],
         errors: int,
-        candidates: Sequence[Exemplar],
+        candidates: Candidates,
         now: float,
         error_trace_id: str = "",
     ) -> bool:
@@ -591,7 +595,7 @@ class WindowStore:
         s.sketch.add_many(seconds)
         s.count += float(seconds.shape[0])
         s.errors += float(errors)
-        if candidates:
+        if len(candidates):
             s.add_candidates(candidates)
         if error_trace_id:
             s.error_trace_id = error_trace_id
@@ -605,7 +609,7 @@ class WindowStore:
         zeros: float,
         n: float,
         errors: float,
-        candidates: Sequence[Exemplar],
+        candidates: Candidates,
         now: float,
         error_trace_id: str = "",
     ) -> bool:
@@ -622,7 +626,7 @@ class WindowStore:
             s.sketch._refresh_totals()
         s.count += n
         s.errors += errors
-        if candidates:
+        if len(candidates):
             s.add_candidates(candidates)
         if error_trace_id:
             s.error_trace_id = error_trace_id
@@ -633,7 +637,7 @@ class WindowStore:
         key: SeriesKey,
         sketch: LatencySketch,
         errors: float,
-        candidates: Sequence[Exemplar],
+        candidates: Candidates,
         now: float,
         requests: float | None = None,
     ) -> bool:
@@ -648,7 +652,7 @@ class WindowStore:
         s.sketch.merge_from(sketch)
         s.count += float(sketch.count if requests is None else requests)
         s.errors += float(errors)
-        if candidates:
+        if len(candidates):
             s.add_candidates(candidates)
         return True
 

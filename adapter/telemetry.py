@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .dual_signal import CanaryReading
+from .gc_policy import pause_histogram
 from .latency_histogram import LatencyHistogramCollector
 from .limits import LIMITS, LimitHits, MemoryWatch
 from .loop_lag import lag_histogram
@@ -305,6 +306,7 @@ class Telemetry:
             ["route", "code"], buckets=API_BUCKETS, registry=r,
         )
         self.loop_lag = lag_histogram(r)
+        self.gc_pauses = pause_histogram(r)
         self.api_rejected = Counter(
             "latency_adapter_api_rejected",
             "External metrics API requests answered with an error, by Status reason "

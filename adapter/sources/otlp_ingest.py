@@ -57,7 +57,7 @@ from ..cpu import CpuSignals
 from ..errors import BadRequest, LimitExceeded
 from ..model import Exemplar, SeriesKey, label_value
 from ..sketch import LatencySketch, import_explicit_histogram, import_exponential_histogram
-from ..store import WindowStore
+from ..store import CANDIDATE_DTYPE, WindowStore
 from .otlp_cpu import CPU_METRICS, CpuBatch, CpuImporter
 from .otlp_view import LeanTraceRequest, attr_text
 
@@ -336,8 +336,10 @@ class OtlpIngestor:
             if key is None:
                 result.reject("label_too_long", count)
                 continue
-            candidates = [Exemplar(float(seconds[i]), spans[i].trace_id.hex())
-                          for i in picks[g] if spans[i].trace_id]
+            chosen = [i for i in picks[g] if spans[i].trace_id]
+            candidates = np.zeros(len(chosen), dtype=CANDIDATE_DTYPE)  # no object per request (gc_policy)
+            candidates["seconds"] = seconds[chosen]
+            candidates["trace_id"] = [spans[i].trace_id for i in chosen]
             err = last_error.get(g)
             row = table[g]
             used = np.flatnonzero(row)  # trim to this route's own keys: a slice stays as narrow as its data

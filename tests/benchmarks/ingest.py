@@ -236,7 +236,7 @@ def _server_main(cpu: int, conn: Connection, bare: bool) -> None:
     _pin(cpu)
     from aiohttp import web
 
-    from adapter.service import tune_gc
+    from adapter import gc_policy
     from adapter.sources.otlp import OTLP_RUNNER_OPTIONS, ReceiverSettings, build_otlp_app
     from adapter.sources.otlp_ingest import OtlpIngestor
     from adapter.store import WindowStore
@@ -260,7 +260,7 @@ def _server_main(cpu: int, conn: Connection, bare: bool) -> None:
         options = {} if bare else OTLP_RUNNER_OPTIONS
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **options)  # as the service
         await runner.setup()
-        tune_gc()  # as adapter.service.serve does once listening
+        gc_policy.tune()  # as adapter.service.serve does once listening
         site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True, backlog=1024)
         await site.start()
         server = site._server

@@ -79,6 +79,9 @@ def test_sigterm_during_steady_ingest_applies_everything_answered(adapter_factor
     for s in senders:
         s.start()
     wait_for(lambda: sum(s.accepted for s in senders) > 5000, 20, "steady ingest")
+    exposed = proc.ops("/metrics").text
+    for generation in "012":  # the serving process observes the collector's pauses (gc_policy)
+        assert f'latency_adapter_gc_pause_seconds_count{{generation="{generation}"}}' in exposed
 
     held_spans = 150
     held_body = batch(held_spans, "held")
