@@ -134,6 +134,12 @@ class ExemplarInfo:
         lazily (:class:`P95TraceIds` does). A value read as None counts as no data; a key whose value is
         not read counts as data.
         """
+        for _ in self.update_steps(now, current):
+            pass
+
+    def update_steps(self, now: float, current: Mapping[WorkloadKey, str | None]) -> Iterator[None]:
+        """:meth:`update` as a generator that yields after every value it reads: an event loop can run
+        other work between two trace id computations (each is a window view)."""
         self._expire(now)
         interval = self.interval_seconds
         published = self._published
@@ -158,6 +164,7 @@ class ExemplarInfo:
                 self.skipped_over_budget += 1
             else:
                 trace_id = current[key]
+                yield None
                 if trace_id:
                     published[key] = _Published(trace_id, now, now, now)
                     created += 1
@@ -174,6 +181,7 @@ class ExemplarInfo:
             checks -= 1
             mine.checked_at = now
             trace_id = current[key]
+            yield None
             if not trace_id:
                 continue
             mine.seen_at = now

@@ -349,6 +349,7 @@ class WindowStore:
         self.epoch: int | None = None  # id of the last closed slice
         #: The epoch the last complete :meth:`sweep` started at (series that emptied before it are gone).
         self._swept_epoch: int | None = None
+        self._swept_bytes: int | None = None
         #: Times closed slices moved into the request counts (see :meth:`iter_request_counts`).
         self._moves = 0
         self.dropped: dict[str, int] = {"series_cap": 0, "namespace_series_cap": 0}
@@ -396,6 +397,7 @@ class WindowStore:
         before its turn catches up first). Run once per slice by the service's ticker.
         """
         done = 0
+        held = 0
         started_at = self.epoch
         for key in list(self._series):
             series = self._series.get(key)
@@ -406,10 +408,13 @@ class WindowStore:
             open_id = (series.epoch if series.epoch is not None else -1) + 1
             if series.window_count < 0.5 and not series.slices_in(open_id, open_id):
                 self._remove(key)
+            else:
+                held += series.nbytes()
             done += 1
             if done % step == 0:
                 yield done
         self._swept_epoch = started_at
+        self._swept_bytes = held + self._request_counts_bytes()
         yield done
 
     def sync_all(self) -> None:
@@ -827,5 +832,15 @@ class WindowStore:
     def nbytes(self) -> int:
         """Approximate bytes held by all series (sketch arrays plus fixed per-object overheads) and by the
         per-workload request counts."""
-        counts = len(self._requests) * (_OVERHEAD["request_counts"] + 8 * len(REQUEST_BUCKETS))
-        return sum(s.nbytes() for s in self._series.values()) + counts
+        return sum(s.nbytes() for s in self._series.values()) + self._request_counts_bytes()
+
+    def _request_counts_bytes(self) -> int:
+        return len(self._requests) * (_OVERHEAD["request_counts"] + 8 * len(REQUEST_BUCKETS))
+
+    def measured_bytes(self) -> int:
+        """:meth:`nbytes` as the last :meth:`sweep` measured it (now, when nothing has swept yet).
+
+        What ``/metrics`` shows: summing every slice of thousands of series costs tens of milliseconds,
+        too long for a scrape to hold the event loop; the sweep measures in its turns once per slice.
+        """
+        return self.nbytes() if self._swept_bytes is None else self._swept_bytes

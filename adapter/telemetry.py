@@ -57,9 +57,10 @@ class _StoreCollector(Collector):
         by_ns.add_metric([], len(store.namespaces()))
         yield by_ns
         held = GaugeMetricFamily(
-            "latency_adapter_store_bytes", "Approximate bytes held by the sketches of all active series."
+            "latency_adapter_store_bytes", "Approximate bytes held by the sketches of all active series "
+            "(measured once per slice)."
         )
-        held.add_metric([], store.nbytes())
+        held.add_metric([], store.measured_bytes())
         yield held
         epoch = GaugeMetricFamily(
             "latency_adapter_window_end_timestamp_seconds",

@@ -15,32 +15,21 @@ off it answers 404 saying how to turn it on.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
 
 from ..provider import MetricsProvider
 from ..store import WindowStore
 from ..telemetry import Telemetry
 from ..traces import TraceSettings, check_url_template
+from . import exposition
 from .debug_page import HTML_HEADERS, collect, render_html, to_json, wants_html
 
 #: Headers of every /debug/workloads answer: its representation depends on Accept, and it is live data.
 _DEBUG_HEADERS = {"Vary": "Accept", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
-class _Collected:
-    """Metric families already collected, in the shape the exposition functions read (``collect()``)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
 
 
 def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], bool],
@@ -60,10 +49,9 @@ def build_ops_app(telemetry: Telemetry, store: WindowStore, ready: Callable[[], 
     async def metrics(request: web.Request) -> web.Response:
         telemetry.sync_store_counters()
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # Collected on the loop (collectors read live state), written out in a thread: with thousands
-        # of workloads the text is most of a scrape's cost, and the API must not wait for it.
-        families = _Collected(list(telemetry.registry.collect()))
-        body = await asyncio.to_thread(encoder, families)
+        # Collected on the loop (collectors read live state), written out in turns of the loop: with
+        # thousands of workloads the text is most of a scrape's cost, and the API must not wait for it.
+        body = await exposition.encode(encoder, list(telemetry.registry.collect()))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -168,12 +168,15 @@ class OtlpReceiver:
             async with self._lane:
                 if encoding == "gzip":
                     body = _gunzip(body, self.settings.max_decompressed_bytes)
-                now = self.clock()
                 if signal == "traces":
-                    result, payload = self.ingestor.ingest_traces(body, is_json, now,
-                                                                  max_items=limits.max_spans_per_request)
+                    prepared = self.ingestor.prepare_traces(body, is_json,
+                                                            max_items=limits.max_spans_per_request)
+                    # Decoding and applying are two turns of the loop: a request of the API that
+                    # arrives meanwhile waits for half of a body's work, not all of it.
+                    await asyncio.sleep(0)
+                    result, payload = self.ingestor.apply_traces(prepared, self.clock())
                 else:
-                    result, payload = self.ingestor.ingest_metrics(body, is_json, now,
+                    result, payload = self.ingestor.ingest_metrics(body, is_json, self.clock(),
                                                                    max_items=limits.max_points_per_request)
                 # Keep the lane through one turn of the loop: a body that arrived with this one waits
                 # behind whatever else is ready by now, the API's requests included.

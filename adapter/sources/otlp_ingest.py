@@ -180,6 +180,26 @@ def encode_response(message: Any, is_json: bool) -> bytes:
     return bytes(message.SerializeToString())
 
 
+@dataclass
+class _SpanBatch:
+    """The SERVER spans of one resource, read into lists (see :meth:`OtlpIngestor.prepare_traces`)."""
+
+    attrs: dict[str, str]
+    durations: list[int]
+    routes: list[bytes]
+    spans: list[Any]
+    errors: list[int]
+
+
+@dataclass
+class PreparedTraces:
+    """A decoded trace export request, not yet applied."""
+
+    is_json: bool = False
+    ignored: int = 0
+    batches: list[_SpanBatch] = field(default_factory=list)
+
+
 class _Stream:
     """Last cumulative point of one histogram stream."""
 
@@ -229,6 +249,14 @@ class OtlpIngestor:
     def ingest_traces(self, body: bytes, is_json: bool, now: float,
                       max_items: int | None = None) -> tuple[IngestResult, bytes]:
         """Apply one export request; over ``max_items`` spans the whole request is refused (413)."""
+        return self.apply_traces(self.prepare_traces(body, is_json, max_items), now)
+
+    def prepare_traces(self, body: bytes, is_json: bool, max_items: int | None = None) -> PreparedTraces:
+        """Decode one export request and read what the store needs from every span; nothing is applied.
+
+        About half of a request's cost. The receiver lets the event loop run in between this and
+        :meth:`apply_traces`, so an API request waits for one half at most, never for the whole body.
+        """
         if is_json:
             # OTLP/JSON needs the official messages (its attributes are lists); re-encode for the view.
             official = ExportTraceServiceRequest()
@@ -239,30 +267,37 @@ class OtlpIngestor:
         if max_items is not None:
             spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
             _check_items(spans, max_items, "spans", "max_spans_per_request")
-        result = IngestResult()
+        prepared = PreparedTraces(is_json=is_json)
         split_routes = self.settings.split_routes
         for resource_spans in request.resource_spans:
             # Per span only field reads into lists; everything else is per batch (_add_spans).
             kept: list[Any] = []
             for scope_spans in resource_spans.scope_spans:
                 server = [span for span in scope_spans.spans if span.kind == SPAN_KIND_SERVER]
-                result.ignored += len(scope_spans.spans) - len(server)
+                prepared.ignored += len(scope_spans.spans) - len(server)
                 kept += server
             durations = [span.end_time_unix_nano - span.start_time_unix_nano for span in kept]
-            routes = [span.attributes.get("http.route", b"") for span in kept] if split_routes else []
-            errors = [i for i, span in enumerate(kept) if span.status and _is_error_status(span.status)]
             if not durations:
                 continue
+            routes = [span.attributes.get("http.route", b"") for span in kept] if split_routes else []
+            errors = [i for i, span in enumerate(kept) if span.status and _is_error_status(span.status)]
             attrs, _ = _resource_identity(resource_spans.resource.attributes)
-            base = self._series_base(attrs, result, len(durations))
+            prepared.batches.append(_SpanBatch(attrs, durations, routes, kept, errors))
+        return prepared
+
+    def apply_traces(self, prepared: PreparedTraces, now: float) -> tuple[IngestResult, bytes]:
+        """Write a prepared request into the store at ``now``; the result and the encoded response."""
+        result = IngestResult(ignored=prepared.ignored)
+        for batch in prepared.batches:
+            base = self._series_base(batch.attrs, result, len(batch.durations))
             if base is None:
                 continue
-            self._add_spans(base, durations, routes, kept, errors, now, result)
+            self._add_spans(base, batch.durations, batch.routes, batch.spans, batch.errors, now, result)
         response = ExportTraceServiceResponse()
         if result.rejected:
             response.partial_success.rejected_spans = result.rejected
             response.partial_success.error_message = "rejected: " + result.message()
-        return result, encode_response(response, is_json)
+        return result, encode_response(response, is_json=prepared.is_json)
 
     def _route_key(self, base: tuple[str, str], raw: bytes) -> SeriesKey | None:
         """The series key for an encoded ``http.route`` value (cached: few distinct routes exist)."""

@@ -347,6 +347,19 @@ def test_p95_trace_ids_are_the_window_p95_request_per_workload_and_lazy() -> Non
         ids[("shop", "nope")]
 
 
+def test_update_steps_yield_after_every_trace_id_computed() -> None:
+    """The service runs the update in turns of its loop: one window view per step at most."""
+    store = WindowStore(StoreSettings(window_seconds=60, slice_seconds=5))
+    for i in range(6):
+        fill(store, SeriesKey("shop", f"w{i}"), [0.01 * (j + 1) for j in range(20)], T0 + 1)
+    store.advance(T0 + 6)
+    info = ExemplarInfo()
+    ids = P95TraceIds(store, T0 + 6)
+    steps = sum(1 for _ in info.update_steps(T0 + 6, ids))
+    assert ids.computed == steps == 6
+    assert set(info.series()) == {("shop", f"w{i}") for i in range(6)}
+
+
 def test_the_service_publishes_only_when_switched_on() -> None:
     on = Service(Settings())
     assert on.exemplar_info is not None

@@ -128,6 +128,19 @@ def test_server_spans_are_counted_and_other_kinds_ignored(as_json: bool) -> None
     assert not response.HasField("partial_success")  # full success: an empty response
 
 
+def test_prepared_traces_are_applied_only_by_apply_and_at_its_time() -> None:
+    """The receiver decodes, lets the loop run, then applies: nothing may reach the store in between."""
+    ingestor = make()
+    request = trace_request([(RESOURCE, spans_of([0.1, 0.2, 0.3], route="/cart"))])
+    prepared = ingestor.prepare_traces(request.SerializeToString(), False)
+    assert len(ingestor.store) == 0
+    result, payload = ingestor.apply_traces(prepared, T0 + 5.5)  # applied in the slice of its own time
+    assert result.accepted == 3 and not trace_response(payload, False).HasField("partial_success")
+    assert served(ingestor, now=T0 + 5.5) is None  # that slice is still open at T0 + 5.5
+    view = served(ingestor, now=T0 + 10.0)
+    assert view is not None and view.count == 3
+
+
 def test_duration_is_end_minus_start() -> None:
     ingestor = make()
     durations = [0.001, 0.010, 0.100, 1.0, 10.0]

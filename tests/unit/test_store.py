@@ -440,6 +440,24 @@ def test_memory_per_series_estimate_is_under_budget() -> None:
     assert per_series < BUDGET, per_series
 
 
+def test_measured_bytes_are_the_last_sweeps_figure() -> None:
+    """``/metrics`` reads the size the per-slice sweep measured, not a sum over every slice per scrape."""
+    store = WindowStore()
+    keys = [SeriesKey("ns", f"w{i}") for i in range(10)]
+    assert store.measured_bytes() == store.nbytes() == 0  # nothing swept yet: measured now
+    t = fill_full_window(store, keys, lognormal(np.random.default_rng(5), 50_000))
+    assert store.measured_bytes() == store.nbytes() > 0
+    store.sync_all()
+    swept = store.measured_bytes()
+    assert swept == store.nbytes()
+    more = [SeriesKey("ns", f"x{i}") for i in range(5)]
+    for key in more:
+        store.add_durations(key, lognormal(np.random.default_rng(6), 100), 0, [], t)
+    assert store.nbytes() > swept and store.measured_bytes() == swept  # until the next sweep
+    store.sync_all()
+    assert store.measured_bytes() == store.nbytes() > swept
+
+
 @pytest.fixture(scope="module")
 def measured_200_series() -> tuple[float, float]:
     """(bytes per series allocated as measured by tracemalloc, ``store.nbytes()`` per series)."""
