@@ -138,11 +138,10 @@ def paths(namespace: str, workloads: Sequence[str], routes: Sequence[str]) -> li
     """Every query the HPAs of the fed workloads would make, shuffled so that consecutive requests ask
     different workloads and metrics (in order, they would hit one workload's cache entries in a row).
 
-    At 2,000 req/s each of the 1,000 queries comes back about twice a second, where an HPA controller
-    asks once per 15 s: about half the requests are answered from the provider's per-second cache, and
-    the other half recompute at the start of every second, when every cached answer expires at once. A
-    mix of 30,000 queries asked once each per 15 s would recompute on every request, spread evenly: no
-    burst at the top of the second, but twice the computing.
+    At the soak's 1,000 req/s each of the 1,000 queries comes back about once a second, where an HPA
+    controller asks once per 15 s: nearly every request recomputes its answer (the provider caches an
+    answer for a second), as a mix of 15,000 queries asked once each per 15 s would. At twice the rate,
+    about half the requests would be answered from that cache.
     """
     base = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}"
     out = []
