@@ -568,7 +568,18 @@ def adapter_health() -> dash.Dashboard:
         [query("histogram_quantile(0.99, sum by (le, instance) (rate("
                f"latency_adapter_event_loop_lag_seconds_bucket{{{inst}}}[$__rate_interval])))", "A",
                "{{instance}}")],
-        unit="s", w=24))
+        unit="s", w=12))
+    d = d.with_panel(timeseries_panel(
+        layout, "Garbage-collector pauses p99 per adapter",
+        "99th percentile of each adapter's cyclic garbage collector pauses by generation "
+        "(latency_adapter_gc_pause_seconds): 0 is a young collection (about a millisecond), 2 the full "
+        "collection the adapter runs once a minute, which grows with the number of series. The event "
+        "loop, and every request in flight, waits for each. Look for a lag spike beside a generation-2 "
+        "pause (the collector, not queueing) and for generation 0 above a few milliseconds.",
+        [query("histogram_quantile(0.99, sum by (le, instance, generation) (rate("
+               f"latency_adapter_gc_pause_seconds_bucket{{{inst}}}[$__rate_interval])))", "A",
+               "{{instance}} generation {{generation}}")],
+        unit="s", w=12))
     return d
 
 
