@@ -598,6 +598,38 @@ def test_view_candidates_are_every_slice_candidate_joined_when_read() -> None:
     assert len({e.trace_id for e in exemplars}) == len(exemplars)
 
 
+def test_views_follow_the_window_as_it_moves_though_closed_candidates_are_kept() -> None:
+    """A series keeps its closed slices' candidates joined until the window moves: every view, before
+    and after a boundary, holds exactly the candidates of the slices in its window."""
+    rng = np.random.default_rng(8)
+    store = WindowStore(StoreSettings(window_seconds=15, slice_seconds=5))
+    routes = [KEY, SeriesKey("shop", "checkout", "/pay")]
+    slice_of: dict[str, int] = {}
+    for step in range(40):  # 0.5 s apart: 20 s of data over 5 slices, two routes
+        now = T0 + 0.5 * step
+        values = lognormal(rng, 30)
+        candidates = batch_candidates(values, 100 * step)
+        slice_of.update({c.trace_id: store.slice_id(now) for c in candidates})
+        store.add_durations(routes[step % 2], values, 1 if step % 7 == 0 else 0, candidates, now,
+                            error_trace_id=f"{step:032x}" if step % 7 == 0 else "")
+        if step % 3 == 0:
+            view = store.view(store.series_of("shop", "checkout"), now=now)
+            assert view is not None
+            open_id = store.slice_id(now)
+            window = range(open_id - store.settings.slices, open_id + 1)  # closed window + open slice
+            seen = {e.trace_id for e in view.exemplars()}
+            for trace_id in seen:
+                assert slice_of[trace_id] in window, (step, trace_id)
+            # everything kept in the window's slices is in the view, nothing else
+            kept = {bytes(t).hex() for s in store.series_of("shop", "checkout")
+                    for sl in s.slices_in(window.start, window.stop - 1) for t in sl.candidates["trace_id"]}
+            assert seen == kept, step
+            errors = {i: store.slice_id(T0 + 0.5 * i) for i in range(0, step + 1, 7)}
+            newest = max((sid for sid in errors.values() if sid in window), default=None)
+            expected = {f"{i:032x}" for i, sid in errors.items() if sid == newest} or {""}
+            assert view.error_trace_id in expected, step  # an error of the newest slice with errors
+
+
 def test_view_at_is_shared_within_a_tick_and_rebuilt_for_the_next() -> None:
     store = WindowStore()
     rng = np.random.default_rng(6)
