@@ -138,10 +138,10 @@ def paths(namespace: str, workloads: Sequence[str], routes: Sequence[str]) -> li
     """Every query the HPAs of the fed workloads would make, shuffled so that consecutive requests ask
     different workloads and metrics (in order, they would hit one workload's cache entries in a row).
 
-    At the soak's 1,000 req/s each of the 1,000 queries comes back about once a second, where an HPA
-    controller asks once per 15 s: nearly every request recomputes its answer (the provider caches an
-    answer for a second), as a mix of 15,000 queries asked once each per 15 s would. At twice the rate,
-    about half the requests would be answered from that cache.
+    At the soak's 800 req/s each of the 1,000 queries comes back less than once a second, where an HPA
+    controller asks once per 15 s: every request recomputes its answer (the provider caches an answer for
+    a second), as a mix of 12,000 queries asked once each per 15 s would. At twice the rate, about half
+    the requests would be answered from that cache.
     """
     base = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}"
     out = []
