@@ -109,7 +109,7 @@ class Slice:
 
     While open it holds a float32 sketch that takes writes. When it closes, :meth:`freeze` keeps only
     what the window needs: the bin array and its first key, the zero count, the counters and the
-    exemplar candidates packed in one small array. A frozen slice is about a quarter of the memory of a
+    exemplar candidates (one small array from the start). A frozen slice is about a quarter of the memory of a
     live sketch object and never changes again, so the window can add it now and subtract it exactly
     later.
     """
@@ -145,7 +145,7 @@ class Slice:
         self.candidates = joined
 
     def freeze(self) -> None:
-        """Close the slice: drop the sketch object, keep its bins and pack the candidates."""
+        """Close the slice: drop the sketch object, keep its bins."""
         sketch = self.sketch
         if sketch is None:
             return
@@ -161,10 +161,6 @@ class Slice:
             store = self.sketch.store
             return store.offset, store.bins, self.sketch.zero_count
         return self.offset, self.bins, self.zeros
-
-    def packed_candidates(self) -> np.ndarray[Any, Any]:
-        """The candidates as a ``CANDIDATE_DTYPE`` array."""
-        return self.candidates
 
     def nbytes(self) -> int:
         """Bytes held: arrays plus measured object overheads (see ``_OVERHEAD``)."""
@@ -207,7 +203,7 @@ class Series:
         #: When the series' first data arrived: a rate over a series younger than the window divides by
         #: its age, not by the whole window.
         self.covered_from = first_seen
-        self._closed_until: int | None = None
+        self._closed_until: tuple[int, int] | None = None
         self._closed: tuple[np.ndarray[Any, Any], int, str] = (_NO_CANDIDATES, -1, "")
         self._closed_bytes = 0  # the joined array, when it is not a slice's own
 
@@ -215,11 +211,11 @@ class Series:
         """(candidates joined, id of the newest slice with an error, its error trace id) of the closed
         slices ``[first, last]``.
 
-        Kept until ``last`` moves: closed slices never change, and every view of the series would
+        Kept until the range moves: closed slices never change, and every view of the series would
         otherwise join the same dozen small arrays again (measured: the joins were 7 % of the adapter's
         CPU with a thousand queries a second).
         """
-        if self._closed_until != last:
+        if self._closed_until != (first, last):
             parts: list[np.ndarray[Any, Any]] = []
             newest, trace = -1, ""
             for sl in self.slices_in(first, last):
@@ -231,7 +227,7 @@ class Series:
                 joined = JoinedCandidates(parts).array()
             else:
                 joined = parts[0] if parts else _NO_CANDIDATES
-            self._closed, self._closed_until = (joined, newest, trace), last
+            self._closed, self._closed_until = (joined, newest, trace), (first, last)
             self._closed_bytes = int(joined.nbytes) + _OVERHEAD["array"] if len(parts) > 1 else 0
         return self._closed
 

@@ -129,7 +129,7 @@ def run() -> list[Row]:
         slices = [s for sr in series for s in sr.ring if s is not None]
         bins = np.mean([s.parts()[1].shape[0] for s in slices])
         window_bins = np.mean([sr.window.store.length() for sr in series])
-        packed = [s.packed_candidates() for s in slices]
+        packed = [s.candidates for s in slices]
         cands = np.mean([p.shape[0] for p in packed])
         bins_bytes = sum(s.parts()[1].nbytes for s in slices) + sum(sr.window.nbytes() for sr in series)
         cand_bytes = sum(sys.getsizeof(p) for p in packed)
